@@ -1,0 +1,1 @@
+"""Alternate providers that implement the superapp_sdk capability Protocols."""

@@ -1,0 +1,229 @@
+"""The error tree.
+
+Errors are grouped by cause, so a caller can decide what to do from the class alone::
+
+    SuperAppError
+    ├── NoAnswer                  no usable answer came back (retry or fail over)
+    │   ├── ProviderConnectError     the connection could not be made or was reset
+    │   ├── OperationTimeout         a try or the overall deadline ran out (also TimeoutError)
+    │   └── ProviderError            an answer came back but is unusable: 5xx, malformed
+    │                                JSON, wrong types, a body over the size cap
+    ├── ProviderRefused           the provider answered "no" (never fails over by itself)
+    │   ├── Declined                 a business refusal: card declined, unknown recipient
+    │   ├── Unauthorized             credentials or token rejected
+    │   ├── InvalidRequest           the provider says the request is malformed
+    │   └── RateLimited              429; carries ``retry_after``
+    ├── Rejected                  we refused before calling anyone
+    │   ├── CircuitOpen              the breaker or the failure domain is open
+    │   ├── BudgetExhausted          the retry budget of the failure domain is spent
+    │   ├── BulkheadFull             too many concurrent calls
+    │   ├── IdempotencyConflict      one idempotency key, two different payloads
+    │   └── OfflineCapExceeded       an offline allowance (voucher cap, grace scope) is spent
+    ├── Unavailable               nothing could serve and the call cannot be deferred;
+    │                             carries every ``Attempt``
+    ├── ConfigError               invalid configuration (also ValueError)
+    └── StoreError                durable state unreadable or unwritable (names the path)
+
+Every error carries ``provider``, ``retryable``, ``request_id``, ``http_status``,
+``code`` and ``retry_after`` where known, and keeps the original exception as
+``__cause__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from superapp_sdk._outcome import Attempt
+
+__all__ = [
+    "BudgetExhausted",
+    "BulkheadFull",
+    "CircuitOpen",
+    "ConfigError",
+    "Declined",
+    "IdempotencyConflict",
+    "InvalidRequest",
+    "NoAnswer",
+    "OfflineCapExceeded",
+    "OperationTimeout",
+    "ProviderConnectError",
+    "ProviderError",
+    "ProviderRefused",
+    "RateLimited",
+    "Rejected",
+    "StoreError",
+    "SuperAppError",
+    "Unauthorized",
+    "Unavailable",
+]
+
+
+class SuperAppError(Exception):
+    """Base of every error the SDK raises.
+
+    Attributes:
+        provider: the provider that produced the error, when one did.
+        operation: the operation name (``"payment.charge"``), when known.
+        retryable: whether trying again (here or elsewhere) may succeed.
+        request_id: the provider's request id, for support tickets.
+        http_status: the HTTP status the provider answered with.
+        code: the provider's error code, verbatim.
+        retry_after: seconds the provider or the SDK asks to wait before trying again.
+    """
+
+    #: Default for ``retryable`` when the constructor is not told.
+    default_retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        operation: str | None = None,
+        retryable: bool | None = None,
+        request_id: str | None = None,
+        http_status: int | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.provider = provider
+        self.operation = operation
+        self.retryable = self.default_retryable if retryable is None else retryable
+        self.request_id = request_id
+        self.http_status = http_status
+        self.code = code
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        parts = [self.message]
+        where = ", ".join(
+            f"{name}={value!r}"
+            for name, value in (
+                ("provider", self.provider),
+                ("operation", self.operation),
+                ("http_status", self.http_status),
+                ("code", self.code),
+                ("request_id", self.request_id),
+            )
+            if value is not None
+        )
+        if where:
+            parts.append(f"({where})")
+        return " ".join(parts)
+
+
+class NoAnswer(SuperAppError):
+    """No usable answer came back; another try or another provider may do better."""
+
+    default_retryable = True
+
+
+class ProviderConnectError(NoAnswer):
+    """The connection could not be made, or was reset before an answer."""
+
+
+class OperationTimeout(NoAnswer, TimeoutError):
+    """A try, or the overall deadline, ran out before an answer arrived."""
+
+
+class ProviderError(NoAnswer):
+    """The provider answered, but the answer is unusable.
+
+    A 5xx status, an HTML error page, malformed or truncated JSON, a field of the wrong
+    type, a body over the size cap. The message names what was wrong.
+    """
+
+
+class ProviderRefused(SuperAppError):
+    """The provider understood the request and said no."""
+
+
+class Declined(ProviderRefused):
+    """A business refusal: a declined card, an unknown recipient, a bad code.
+
+    Raised at once and never failed over: another provider would say no as well, or worse,
+    say yes to something the first one refused.
+    """
+
+
+class Unauthorized(ProviderRefused):
+    """The provider rejected our credentials or the user's token."""
+
+
+class InvalidRequest(ProviderRefused):
+    """The provider says the request itself is malformed."""
+
+
+class RateLimited(ProviderRefused):
+    """The provider asked us to slow down (HTTP 429); see ``retry_after``."""
+
+    default_retryable = True
+
+
+class Rejected(SuperAppError):
+    """The SDK refused the call before contacting anyone."""
+
+
+class CircuitOpen(Rejected):
+    """The provider's circuit breaker, or its whole failure domain, is open."""
+
+    default_retryable = True
+
+
+class BudgetExhausted(Rejected):
+    """The retry budget of the failure domain is spent; the retry was not sent."""
+
+
+class BulkheadFull(Rejected):
+    """Too many calls are already in flight through this bulkhead."""
+
+    default_retryable = True
+
+
+class IdempotencyConflict(Rejected):
+    """An idempotency key was reused with a different payload; nothing was sent."""
+
+
+class OfflineCapExceeded(Rejected):
+    """An offline allowance is spent: a voucher cap, a grace-session scope or age."""
+
+
+class Unavailable(SuperAppError):
+    """Nothing could serve the call, and it cannot be deferred.
+
+    ``attempts`` lists every provider tried, the kind of error each gave and how long
+    it took.
+    """
+
+    default_retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: Sequence[Attempt] = (),
+        operation: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, operation=operation, retry_after=retry_after)
+        self.attempts: tuple[Attempt, ...] = tuple(attempts)
+
+
+class ConfigError(SuperAppError, ValueError):
+    """Invalid configuration; the message names the key or field and what is allowed."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class StoreError(SuperAppError):
+    """Durable state could not be read or written; the message names the path."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
