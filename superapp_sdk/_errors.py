@@ -71,6 +71,9 @@ class SuperAppError(Exception):
         http_status: the HTTP status the provider answered with.
         code: the provider's error code, verbatim.
         retry_after: seconds the provider or the SDK asks to wait before trying again.
+        request_sent: whether the request may have reached the provider. ``False`` proves
+            it did not execute (connection refused, pool timeout); ``True`` or ``None``
+            means it may have, so a payment must be checked before any failover.
     """
 
     #: Default for ``retryable`` when the constructor is not told.
@@ -87,6 +90,7 @@ class SuperAppError(Exception):
         http_status: int | None = None,
         code: str | None = None,
         retry_after: float | None = None,
+        request_sent: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -97,6 +101,7 @@ class SuperAppError(Exception):
         self.http_status = http_status
         self.code = code
         self.retry_after = retry_after
+        self.request_sent = request_sent
 
     def __str__(self) -> str:
         parts = [self.message]

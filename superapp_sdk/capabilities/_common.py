@@ -1,0 +1,62 @@
+"""What every provider of every capability has in common."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Capability", "Money", "Provider"]
+
+
+class Capability(enum.Enum):
+    """The four things an app borrows from a super-app."""
+
+    CHAT = "chat"
+    PAYMENT = "payment"
+    IDENTITY = "identity"
+    MOBILITY = "mobility"
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """Attributes every provider adapter exposes to the router.
+
+    Attributes:
+        name: unique provider name, ``"<vendor>.<product>"`` (``"kakao.pay"``).
+        capability: which capability it serves.
+        failure_domain: providers sharing infrastructure share a domain (``"kakao"``);
+            when several capabilities of one domain fail together, the whole domain opens.
+        operations: the operations this provider implements (``"chat.send"``); the router
+            skips a provider for an operation it does not list.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def capability(self) -> Capability: ...
+
+    @property
+    def failure_domain(self) -> str: ...
+
+    @property
+    def operations(self) -> frozenset[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Money:
+    """An amount in integer minor units of an ISO 4217 currency (KRW has none: 1 = 1 won)."""
+
+    amount: int
+    currency: str = "KRW"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.amount, bool) or not isinstance(self.amount, int):
+            raise ValueError(f"Money.amount must be an int of minor units, got {self.amount!r}")
+        if self.amount < 0:
+            raise ValueError(f"Money.amount must be >= 0, got {self.amount!r}")
+        if not (len(self.currency) == 3 and self.currency.isascii() and self.currency.isupper()):
+            raise ValueError(
+                f"Money.currency must be an ISO 4217 code like 'KRW', got {self.currency!r}"
+            )

@@ -1,0 +1,208 @@
+"""A tiny ASGI toolkit for provider simulators: routing, JSON bodies, fire controls.
+
+No framework: the simulators ship inside the SDK's ``testing`` package and must run with
+the runtime dependencies alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import re
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+__all__ = [
+    "App",
+    "Fire",
+    "FireControl",
+    "Request",
+    "Response",
+    "Route",
+    "json_response",
+]
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """An HTTP request as a simulator handler sees it."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-cased names
+    body: bytes
+    params: dict[str, str] = field(default_factory=dict)  # from the route pattern
+
+    def json(self) -> Any:
+        """The body parsed as JSON (``ValueError`` when it is not)."""
+        return json.loads(self.body or b"null")
+
+    def form(self) -> dict[str, str]:
+        """The body parsed as ``application/x-www-form-urlencoded``."""
+        return dict(parse_qsl(self.body.decode("utf-8"), keep_blank_values=True))
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """An HTTP response from a simulator handler."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = (("content-type", "application/json;charset=UTF-8"),)
+
+
+def json_response(
+    data: object, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    """A JSON response."""
+    extra = tuple((k.lower(), v) for k, v in (headers or {}).items())
+    return Response(
+        status,
+        json.dumps(data, ensure_ascii=False).encode("utf-8"),
+        (("content-type", "application/json;charset=UTF-8"), *extra),
+    )
+
+
+Handler = Callable[[Request], Response | Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """``method`` + ``path`` pattern (``{name}`` segments) -> handler, for one capability."""
+
+    method: str
+    pattern: str
+    handler: Handler
+    capability: str
+
+    def match(self, method: str, path: str) -> dict[str, str] | None:
+        """The path parameters when this route matches, else ``None``."""
+        if method != self.method:
+            return None
+        regex = "^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.pattern) + "$"
+        m = re.match(regex, path)
+        return m.groupdict() if m else None
+
+
+class Fire(enum.Enum):
+    """How a burning service behaves at the HTTP level.
+
+    Socket-level faults (refuse, accept-and-hang, drop) are applied in front of a real
+    server by ``superapp_sdk.testing.kakao.DataCenterServer``; in-process tests inject them
+    with ``FaultTransport``.
+    """
+
+    NORMAL = "normal"
+    ERROR_5XX = "5xx"
+    SLOW = "slow"
+    HANG = "hang"
+
+
+class FireControl:
+    """Per-capability fire switches shared by the simulator and its test. Thread-safe."""
+
+    def __init__(self, *, slow_seconds: float = 2.0, hang_seconds: float = 30.0) -> None:
+        self._lock = threading.Lock()
+        self._modes: dict[str, Fire] = {}
+        self.slow_seconds = slow_seconds
+        self.hang_seconds = hang_seconds
+        self._released = threading.Event()
+
+    def set(self, capability: str, mode: Fire) -> None:
+        """Put one capability (``"chat"``, ``"payment"``, ...) into ``mode``."""
+        with self._lock:
+            self._modes[capability] = mode
+
+    def burn(self, mode: Fire = Fire.ERROR_5XX, capabilities: Iterable[str] = ()) -> None:
+        """Set every listed capability (all four when none is given) to ``mode``."""
+        for c in tuple(capabilities) or ("chat", "payment", "identity", "mobility"):
+            self.set(c, mode)
+
+    def restore(self) -> None:
+        """Put every capability back to normal."""
+        with self._lock:
+            self._modes.clear()
+
+    def mode(self, capability: str) -> Fire:
+        """The current mode of ``capability``."""
+        with self._lock:
+            return self._modes.get(capability, Fire.NORMAL)
+
+
+class App:
+    """An ASGI application made of routes, with fire controls applied per capability."""
+
+    def __init__(self, routes: Iterable[Route], fire: FireControl | None = None) -> None:
+        self.routes = list(routes)
+        self.fire = fire or FireControl()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        response = await self.dispatch(scope, body)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": [(k.encode(), v.encode()) for k, v in response.headers],
+            }
+        )
+        await send({"type": "http.response.body", "body": response.body})
+
+    async def dispatch(self, scope: Scope, body: bytes) -> Response:
+        """Route one request, applying the fire mode of the route's capability."""
+        method = scope["method"]
+        path = scope["path"]
+        for route in self.routes:
+            params = route.match(method, path)
+            if params is None:
+                continue
+            mode = self.fire.mode(route.capability)
+            if mode is Fire.ERROR_5XX:
+                return Response(
+                    503,
+                    b"<html><body><h1>503 Service Unavailable</h1></body></html>",
+                    (("content-type", "text/html"),),
+                )
+            if mode is Fire.SLOW:
+                await asyncio.sleep(self.fire.slow_seconds)
+            elif mode is Fire.HANG:
+                await asyncio.sleep(self.fire.hang_seconds)
+            request = Request(
+                method=method,
+                path=path,
+                query=dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"))),
+                headers={
+                    k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
+                },
+                body=body,
+                params=params,
+            )
+            result = route.handler(request)
+            if not isinstance(result, Response):
+                result = await result
+            return result
+        return json_response({"msg": f"no route for {method} {path}", "code": -404}, status=404)
