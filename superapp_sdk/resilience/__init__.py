@@ -1,1 +1,55 @@
-"""."""
+"""Sync and async shells that drive the sans-IO core: pipelines of resilience strategies
+and httpx transports that use them."""
+
+from superapp_sdk.resilience._base import (
+    CallContext,
+    CallRejected,
+    Event,
+    HedgeLaunched,
+    Listener,
+    RetryScheduled,
+    Strategy,
+    SystemTimer,
+    Timer,
+    default_failure,
+    default_retryable,
+)
+from superapp_sdk.resilience._pipeline import Pipeline
+from superapp_sdk.resilience._strategies import (
+    Bulkhead,
+    CircuitBreaker,
+    Deadline,
+    Hedge,
+    Retry,
+    SharedBudget,
+    Timeout,
+    arun_hedged,
+    run_hedged,
+)
+from superapp_sdk.resilience._transport import AsyncResilientTransport, ResilientTransport
+
+__all__ = [
+    "AsyncResilientTransport",
+    "Bulkhead",
+    "CallContext",
+    "CallRejected",
+    "CircuitBreaker",
+    "Deadline",
+    "Event",
+    "Hedge",
+    "HedgeLaunched",
+    "Listener",
+    "Pipeline",
+    "ResilientTransport",
+    "Retry",
+    "RetryScheduled",
+    "SharedBudget",
+    "Strategy",
+    "SystemTimer",
+    "Timeout",
+    "Timer",
+    "arun_hedged",
+    "default_failure",
+    "default_retryable",
+    "run_hedged",
+]

@@ -1,0 +1,239 @@
+"""A resilience pipeline: strategies listed outermost first, run sync or async."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from superapp_sdk.core.latency import LatencyTracker
+from superapp_sdk.resilience._base import (
+    AsyncNext,
+    CallContext,
+    Event,
+    Listener,
+    Strategy,
+    SyncNext,
+    SystemTimer,
+    Timer,
+)
+from superapp_sdk.resilience._strategies import (
+    Bulkhead,
+    CircuitBreaker,
+    Deadline,
+    Hedge,
+    Retry,
+    SharedBudget,
+    Timeout,
+)
+
+__all__ = ["Pipeline"]
+
+T = TypeVar("T")
+
+
+class Pipeline:
+    """Strategies listed outermost first, composed once, run for every call::
+
+        pipeline = Pipeline(
+            Deadline(5.0),
+            Bulkhead(64),
+            CircuitBreaker(BreakerOptions(minimum_calls=5)),
+            Retry(3, budget=kakao_budget),
+            Timeout(1.0),                      # adaptive per-try timeout
+            name="kakao.pay",
+        )
+        payment = pipeline.call(lambda ctx: client.get(url, timeout=ctx.timeout))
+
+    The callable receives a :class:`CallContext` whose ``timeout`` it should honour.
+    ``call`` and ``acall`` have the same semantics; the async form also cancels a try at
+    its timeout and the whole call at its deadline.
+
+    Args:
+        strategies: outermost first.
+        name: used in events and errors (usually the provider name).
+        timer: clock and sleeps; ``FakeClock`` in tests.
+        listeners: receive every :data:`Event`.
+        latency: the provider's latency tracker (shared with the router's hedging).
+    """
+
+    def __init__(
+        self,
+        *strategies: Strategy,
+        name: str = "pipeline",
+        timer: Timer | None = None,
+        listeners: Sequence[Listener] = (),
+        latency: LatencyTracker | None = None,
+    ) -> None:
+        self.name = name
+        self.timer: Timer = timer or SystemTimer()
+        self.latency = latency or LatencyTracker()
+        self.strategies: tuple[Strategy, ...] = strategies
+        self.listeners: list[Listener] = list(listeners)
+        self.listener_errors = 0
+        for s in strategies:
+            s.bind(self)
+        self._sync = self._compose_sync()
+        self._async = self._compose_async()
+
+    # -- composition -------------------------------------------------------------------
+
+    def _compose_sync(self) -> SyncNext:
+        def innermost(ctx: CallContext) -> Any:
+            assert ctx._fn is not None
+            return ctx._fn(ctx)
+
+        nxt: SyncNext = innermost
+        for s in reversed(self.strategies):
+            nxt = _wrap_sync(s, nxt)
+        return nxt
+
+    def _compose_async(self) -> AsyncNext:
+        async def innermost(ctx: CallContext) -> Any:
+            assert ctx._afn is not None
+            return await ctx._afn(ctx)
+
+        nxt: AsyncNext = innermost
+        for s in reversed(self.strategies):
+            nxt = _wrap_async(s, nxt)
+        return nxt
+
+    # -- running -----------------------------------------------------------------------
+
+    def call(self, fn: Callable[[CallContext], T], *, operation: str = "") -> T:
+        """Run ``fn`` through the pipeline."""
+        ctx = CallContext(operation)
+        ctx._fn = fn
+        return self._sync(ctx)  # type: ignore[no-any-return]
+
+    async def acall(self, fn: Callable[[CallContext], Awaitable[T]], *, operation: str = "") -> T:
+        """Await ``fn`` through the pipeline."""
+        ctx = CallContext(operation)
+        ctx._afn = fn
+        return await self._async(ctx)  # type: ignore[no-any-return]
+
+    # -- events and lookup -------------------------------------------------------------
+
+    def on(self, listener: Listener) -> None:
+        """Add a listener for every event of this pipeline."""
+        self.listeners.append(listener)
+
+    def emit(self, event: Event) -> None:
+        """Deliver ``event`` to every listener; a listener that raises is counted and
+        skipped, never allowed to break the call."""
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001 - a listener must not break a call
+                self.listener_errors += 1
+
+    def find(self, kind: type[T]) -> T | None:
+        """The first strategy of type ``kind``, if any."""
+        for s in self.strategies:
+            if isinstance(s, kind):
+                return s
+        return None
+
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        """This pipeline's circuit breaker, if it has one."""
+        return self.find(CircuitBreaker)
+
+    def __repr__(self) -> str:
+        inner = " -> ".join(repr(s) for s in self.strategies)
+        return f"Pipeline({self.name!r}: {inner})"
+
+    # -- defaults per operation kind ---------------------------------------------------
+
+    @classmethod
+    def for_read(
+        cls,
+        name: str,
+        *,
+        timeout: float = 1.0,
+        deadline: float = 5.0,
+        budget: SharedBudget | None = None,
+        hedge: bool = False,
+        timer: Timer | None = None,
+        listeners: Sequence[Listener] = (),
+    ) -> Pipeline:
+        """Defaults for an idempotent read: three tries, adaptive timeout, optional hedge."""
+        strategies: list[Strategy] = [
+            Deadline(deadline),
+            Bulkhead(256),
+            CircuitBreaker(),
+            Retry(3, budget=budget),
+        ]
+        if hedge:
+            strategies.append(Hedge())
+        strategies.append(Timeout(timeout))
+        return cls(*strategies, name=name, timer=timer, listeners=listeners)
+
+    @classmethod
+    def for_write(
+        cls,
+        name: str,
+        *,
+        timeout: float = 2.0,
+        deadline: float = 8.0,
+        budget: SharedBudget | None = None,
+        timer: Timer | None = None,
+        listeners: Sequence[Listener] = (),
+    ) -> Pipeline:
+        """Defaults for an idempotent write (one carrying an idempotency key)."""
+        return cls(
+            Deadline(deadline),
+            Bulkhead(128),
+            CircuitBreaker(),
+            Retry(3, budget=budget),
+            Timeout(timeout),
+            name=name,
+            timer=timer,
+            listeners=listeners,
+        )
+
+    @classmethod
+    def for_payment(
+        cls,
+        name: str,
+        *,
+        timeout: float = 10.0,
+        deadline: float = 30.0,
+        budget: SharedBudget | None = None,
+        timer: Timer | None = None,
+        listeners: Sequence[Listener] = (),
+    ) -> Pipeline:
+        """Defaults for a payment: retried only on errors that prove nothing was sent
+        (an ambiguous timeout is resolved by a status query, not a blind retry), with a
+        fixed, generous per-try timeout (a payment taking long is not a dead provider)."""
+        return cls(
+            Deadline(deadline),
+            Bulkhead(64),
+            CircuitBreaker(),
+            Retry(2, budget=budget, retry_on=_not_sent),
+            Timeout(timeout, adaptive=False),
+            name=name,
+            timer=timer,
+            listeners=listeners,
+        )
+
+
+def _not_sent(exc: BaseException) -> bool:
+    return getattr(exc, "request_sent", None) is False
+
+
+def _wrap_sync(strategy: Strategy, nxt: SyncNext) -> SyncNext:
+    run = strategy.run
+
+    def step(ctx: CallContext) -> Any:
+        return run(ctx, nxt)
+
+    return step
+
+
+def _wrap_async(strategy: Strategy, nxt: AsyncNext) -> AsyncNext:
+    arun = strategy.arun
+
+    async def step(ctx: CallContext) -> Any:
+        return await arun(ctx, nxt)
+
+    return step

@@ -1,0 +1,165 @@
+"""httpx transports that run every request through a pipeline.
+
+::
+
+    client = httpx.Client(transport=ResilientTransport(pipeline=Pipeline.for_read("api")))
+
+A response with a status in ``failure_statuses`` (5xx, 429) counts as a failure for the
+breaker and the retry loop; if the last try still gets one, that response is returned to
+the caller, as httpx would have. Transport errors are raised as httpx raised them,
+unless the pipeline refused the call (``CircuitOpen``, ``BulkheadFull``) or the deadline
+passed (``OperationTimeout``).
+
+Non-idempotent requests (POST, PATCH) are retried only when they carry an
+``Idempotency-Key`` header, or when the error proves the request never left (a refused
+connection), as stripe-python does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+import httpx
+
+from superapp_sdk._errors import NoAnswer
+from superapp_sdk.providers._http import parse_retry_after
+from superapp_sdk.resilience._base import NO_RETRY_ATTR, CallContext
+from superapp_sdk.resilience._pipeline import Pipeline
+
+__all__ = ["AsyncResilientTransport", "ResilientTransport"]
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+FAILURE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class FailedResponse(NoAnswer):
+    """A response whose status counts as a failure; carries the response."""
+
+    def __init__(self, response: httpx.Response, *, retryable: bool) -> None:
+        super().__init__(
+            f"HTTP {response.status_code}",
+            http_status=response.status_code,
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+            retryable=retryable,
+            request_sent=True,
+        )
+        self.response = response
+
+
+def _with_timeout(request: httpx.Request, ctx: CallContext) -> None:
+    if ctx.timeout is None:
+        return
+    current: dict[str, Any] = dict(request.extensions.get("timeout") or {})
+    for phase in ("connect", "read", "write", "pool"):
+        value = current.get(phase)
+        current[phase] = ctx.timeout if value is None else min(value, ctx.timeout)
+    request.extensions["timeout"] = current
+
+
+def _retryable(request: httpx.Request) -> bool:
+    return request.method in IDEMPOTENT_METHODS or "idempotency-key" in request.headers
+
+
+def _mark(exc: httpx.TransportError, retryable: bool) -> httpx.TransportError:
+    # A refused connection proves the request never left; any other transport error
+    # after the first byte may have executed a non-idempotent request.
+    if not retryable and not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        setattr(exc, NO_RETRY_ATTR, True)
+    return exc
+
+
+class ResilientTransport(httpx.BaseTransport):
+    """An httpx transport that sends every request through ``pipeline``.
+
+    Args:
+        transport: the transport that does the I/O (default ``httpx.HTTPTransport()``).
+        pipeline: the resilience pipeline (default ``Pipeline.for_read``).
+        failure_statuses: statuses that count as failures.
+    """
+
+    def __init__(
+        self,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        pipeline: Pipeline | None = None,
+        failure_statuses: Collection[int] = FAILURE_STATUSES,
+    ) -> None:
+        self.transport = transport or httpx.HTTPTransport()
+        self.pipeline = pipeline or Pipeline.for_read("http")
+        self.failure_statuses = frozenset(failure_statuses)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` through the pipeline."""
+        retryable = _retryable(request)
+        if retryable and not isinstance(request.stream, httpx.ByteStream):
+            request.read()  # a retry must be able to send the body again
+        inner = self.transport
+        statuses = self.failure_statuses
+
+        def attempt(ctx: CallContext) -> httpx.Response:
+            _with_timeout(request, ctx)
+            try:
+                response = inner.handle_request(request)
+            except httpx.TransportError as exc:
+                raise _mark(exc, retryable) from None
+            if response.status_code in statuses:
+                response.read()
+                response.close()
+                raise FailedResponse(response, retryable=retryable)
+            return response
+
+        try:
+            return self.pipeline.call(attempt, operation=f"{request.method} {request.url.path}")
+        except FailedResponse as failed:
+            return failed.response
+
+    def close(self) -> None:
+        """Close the inner transport."""
+        self.transport.close()
+
+
+class AsyncResilientTransport(httpx.AsyncBaseTransport):
+    """The async form of :class:`ResilientTransport`."""
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        pipeline: Pipeline | None = None,
+        failure_statuses: Collection[int] = FAILURE_STATUSES,
+    ) -> None:
+        self.transport = transport or httpx.AsyncHTTPTransport()
+        self.pipeline = pipeline or Pipeline.for_read("http")
+        self.failure_statuses = frozenset(failure_statuses)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` through the pipeline."""
+        retryable = _retryable(request)
+        if retryable and not isinstance(request.stream, httpx.ByteStream):
+            await request.aread()
+        inner = self.transport
+        statuses = self.failure_statuses
+
+        async def attempt(ctx: CallContext) -> httpx.Response:
+            _with_timeout(request, ctx)
+            try:
+                response = await inner.handle_async_request(request)
+            except httpx.TransportError as exc:
+                raise _mark(exc, retryable) from None
+            if response.status_code in statuses:
+                await response.aread()
+                await response.aclose()
+                raise FailedResponse(response, retryable=retryable)
+            return response
+
+        try:
+            return await self.pipeline.acall(
+                attempt, operation=f"{request.method} {request.url.path}"
+            )
+        except FailedResponse as failed:
+            return failed.response
+
+    async def aclose(self) -> None:
+        """Close the inner transport."""
+        await self.transport.aclose()
