@@ -113,10 +113,12 @@ class BucketCounter:
         self.buckets = buckets
         self.fields = fields
         self.width = seconds / buckets
-        self._epochs = [-1] * buckets
+        # None marks an empty bucket. Not -1: a monotonic clock may read negative, and -1
+        # is then a real bucket number whose counts would never expire.
+        self._epochs: list[int | None] = [None] * buckets
         self._sums = [[0] * fields for _ in range(buckets)]
         self._totals = [0] * fields
-        self._seen = -1
+        self._seen: int | None = None
 
     def _bucket(self, now: float) -> list[int]:
         epoch = int(now // self.width)
@@ -133,12 +135,12 @@ class BucketCounter:
         oldest = epoch - self.buckets + 1
         totals = self._totals
         for i, e in enumerate(self._epochs):
-            if e != -1 and (e < oldest or e > epoch):
+            if e is not None and (e < oldest or e > epoch):
                 sums = self._sums[i]
                 for f in range(self.fields):
                     totals[f] -= sums[f]
                     sums[f] = 0
-                self._epochs[i] = -1
+                self._epochs[i] = None
 
     def add(self, now: float, field: int = 0, amount: int = 1) -> None:
         """Add ``amount`` to counter ``field`` at time ``now``."""
@@ -152,10 +154,10 @@ class BucketCounter:
 
     def reset(self) -> None:
         """Forget everything."""
-        self._epochs = [-1] * self.buckets
+        self._epochs = [None] * self.buckets
         self._sums = [[0] * self.fields for _ in range(self.buckets)]
         self._totals = [0] * self.fields
-        self._seen = -1
+        self._seen = None
 
     def __repr__(self) -> str:
         return f"BucketCounter(seconds={self.seconds}, buckets={self.buckets})"
@@ -167,6 +169,8 @@ class TimeWindow:
     __slots__ = ("_counter", "seconds")
 
     def __init__(self, seconds: float, buckets: int | None = None) -> None:
+        if not (seconds > 0 and math.isfinite(seconds)):
+            raise ValueError(f"seconds must be a finite number > 0, got {seconds!r}")
         self.seconds = seconds
         n = buckets if buckets is not None else max(1, min(120, math.ceil(seconds)))
         self._counter = BucketCounter(seconds, n, fields=3)
