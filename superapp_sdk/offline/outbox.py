@@ -1,0 +1,1193 @@
+"""The durable outbox: writes that no provider can take now, kept until they can.
+
+An item is committed to sqlite (fsynced when the store is durable) *before*
+:meth:`Outbox.enqueue` returns, together with its idempotency key and a fingerprint of
+its payload; only then may the caller answer ``Via.QUEUED`` with the item's ``id`` as the
+ticket. A replay worker then claims items one at a time::
+
+    enqueue ──▶ PENDING ──claim (lease)──▶ sent ──ack──▶ DELIVERED (key remembered)
+                   ▲                         │
+                   └── fail (backoff) ◀──────┤
+                                             └── fail after max_attempts / max_age,
+                                                 or not retryable ──▶ DEAD (event)
+
+Guarantees:
+
+- **Per-entity order.** Only the oldest pending item of an entity (a conversation, an
+  order) can be claimed, and only one item per entity is ever leased.
+- **Leases.** A claimed item is invisible to other claimers (threads or processes sharing
+  the state directory) until it is acknowledged, failed, or its lease expires; an expired
+  lease is reclaimed. Delivery is therefore at least once, and exactly once at any
+  provider that deduplicates by idempotency key (Stripe, Toss, LINE's retry key): the key
+  is persisted before the first send and reused by every replay.
+- **Deduplication.** Enqueueing the same idempotency key with the same fingerprint returns
+  the existing item (also for a while after delivery); with a different fingerprint it
+  raises :class:`~superapp_sdk.IdempotencyConflict` and nothing is stored.
+- **Nothing dropped silently.** Items past their limits move to the dead-letter store
+  and every ``on_dead_letter`` listener is told; only an operator's :meth:`Outbox.drop`
+  deletes an undelivered item.
+
+Why not ``diskcache.Deque``: a deque has one order and no leases, so per-entity FIFO,
+claim-with-lease and deduplication by key would need a scan per claim. The outbox keeps
+its own indexed sqlite tables (one row per item, one row per entity head) in
+``<state_dir>/outbox.sqlite3``, one transaction per operation, no batching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import enum
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import sqlite3
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import TracebackType
+
+import tenacity
+
+from superapp_sdk._errors import IdempotencyConflict, StoreError
+from superapp_sdk.core.clock import Clock, SystemClock
+from superapp_sdk.store._disk import DiskStore
+from superapp_sdk.store._files import SqliteFile
+from superapp_sdk.store._protocol import DEFAULT_MAX_VALUE_BYTES, ValueTooLarge
+
+__all__ = [
+    "AsyncOutboxWorker",
+    "ItemState",
+    "Outbox",
+    "OutboxItem",
+    "OutboxPolicy",
+    "OutboxWorker",
+    "Payload",
+]
+
+logger = logging.getLogger("superapp_sdk.outbox")
+
+#: What an outbox item carries: raw bytes, or a JSON object (stored canonically).
+Payload = bytes | Mapping[str, object]
+
+_KIND_BYTES = 0
+_KIND_JSON = 1
+_PENDING = 0
+_DEAD = 1
+# A claim that finds expired heads dead-letters them and looks again; bounded so one claim
+# cannot hold the write lock for long.
+_CLAIM_SCAN_LIMIT = 256
+_DELIVERED_PRUNE_BATCH = 8
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    entity TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    queued_at REAL NOT NULL,
+    attempts INTEGER NOT NULL,
+    not_before REAL NOT NULL,
+    last_error TEXT,
+    dead_reason TEXT,
+    state INTEGER NOT NULL,
+    lease_token TEXT,
+    lease_until REAL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS items_id ON items(id);
+CREATE UNIQUE INDEX IF NOT EXISTS items_key ON items(idempotency_key);
+CREATE INDEX IF NOT EXISTS items_entity ON items(entity, seq) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS items_dead ON items(seq) WHERE state = 1;
+CREATE TABLE IF NOT EXISTS heads (
+    entity TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    ready_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS heads_ready ON heads(ready_at, seq);
+CREATE TABLE IF NOT EXISTS delivered (
+    idempotency_key TEXT PRIMARY KEY,
+    id TEXT NOT NULL,
+    entity TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    delivered_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS delivered_at ON delivered(delivered_at);
+"""
+
+_COLUMNS = (
+    "seq, id, entity, operation, kind, payload, idempotency_key, fingerprint, created_at, "
+    "queued_at, attempts, not_before, last_error, dead_reason, state, lease_token, lease_until"
+)
+
+# The queries below are assembled from constants only (the column list); every value is a
+# bound parameter.
+_SELECT_BY_KEY = f"SELECT {_COLUMNS} FROM items WHERE idempotency_key = ?"  # noqa: S608
+_SELECT_PENDING_SEQ = f"SELECT {_COLUMNS} FROM items WHERE seq = ? AND state = 0"  # noqa: S608
+_SELECT_PENDING_ID = f"SELECT {_COLUMNS} FROM items WHERE id = ? AND state = 0"  # noqa: S608
+_SELECT_DEAD_ID = f"SELECT {_COLUMNS} FROM items WHERE id = ? AND state = 1"  # noqa: S608
+_SELECT_ID = f"SELECT {_COLUMNS} FROM items WHERE id = ?"  # noqa: S608
+_SELECT_ALL_PENDING = f"SELECT {_COLUMNS} FROM items WHERE state = 0 ORDER BY seq"  # noqa: S608
+_SELECT_PAGE = f"SELECT {_COLUMNS} FROM items WHERE state = ? ORDER BY seq LIMIT ? OFFSET ?"  # noqa: S608
+_INSERT = f"INSERT INTO items ({_COLUMNS}) VALUES ({', '.join('?' * 17)})"  # noqa: S608
+
+
+class ItemState(enum.Enum):
+    """Where an outbox item is."""
+
+    #: Waiting to be sent (possibly leased by a worker right now).
+    PENDING = "pending"
+    #: Moved to the dead-letter store; kept until an operator retries or drops it.
+    DEAD = "dead"
+    #: Acknowledged by the worker; only its key and fingerprint are remembered.
+    DELIVERED = "delivered"
+
+
+def _check(condition: bool, field: str, allowed: str, value: object) -> None:
+    if not condition:
+        raise ValueError(f"OutboxPolicy.{field} must be {allowed}, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxPolicy:
+    """How long and how often the outbox retries one operation.
+
+    Attributes:
+        max_attempts: sends before the item moves to the dead-letter store (>= 1).
+        max_age_seconds: an item older than this (since it was queued) is dead-lettered
+            instead of sent. For payments, use the provider's approval window: a KakaoPay
+            ``pg_token`` is only valid for a limited time after approval.
+        backoff_base: the first retry waits up to this many seconds (> 0).
+        backoff_cap: no retry waits longer than this (>= backoff_base).
+    """
+
+    max_attempts: int = 10
+    max_age_seconds: float = 24 * 3600.0
+    backoff_base: float = 1.0
+    backoff_cap: float = 300.0
+
+    def __post_init__(self) -> None:
+        _check(self.max_attempts >= 1, "max_attempts", ">= 1", self.max_attempts)
+        _check(self.max_age_seconds > 0, "max_age_seconds", "> 0", self.max_age_seconds)
+        _check(self.backoff_base > 0, "backoff_base", "> 0", self.backoff_base)
+        _check(
+            self.backoff_cap >= self.backoff_base,
+            "backoff_cap",
+            f">= backoff_base ({self.backoff_base})",
+            self.backoff_cap,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """One queued write.
+
+    Attributes:
+        id: the ticket; zero-padded so tickets sort in enqueue order.
+        entity: the ordering key (``"chat:conv-1"``, ``"payment:order-9"``): items of one
+            entity are delivered one at a time, oldest first.
+        operation: what to do (``"chat.send"``).
+        payload: the request, as given to :meth:`Outbox.enqueue` (bytes or a JSON object).
+        idempotency_key: sent with every attempt, so the provider executes it once.
+        fingerprint: sha256 (hex) of operation, entity and canonical payload.
+        created_at: wall seconds when first enqueued.
+        queued_at: wall seconds when it last entered the queue (enqueue or
+            :meth:`Outbox.retry_dead`); ``max_age_seconds`` counts from here.
+        attempts: sends started so far (a claim counts as one).
+        not_before: wall seconds before which it is not claimed (backoff).
+        last_error: the last failure, as ``"ErrorType: message"``.
+        state: :class:`ItemState`.
+        dead_reason: why it was dead-lettered.
+        lease_token: set on an item returned by :meth:`Outbox.claim`; pass it to
+            :meth:`Outbox.ack` or :meth:`Outbox.fail`.
+        lease_until: wall seconds when the current lease expires.
+    """
+
+    id: str
+    entity: str
+    operation: str
+    payload: Payload
+    idempotency_key: str
+    fingerprint: str
+    created_at: float
+    queued_at: float
+    attempts: int = 0
+    not_before: float = 0.0
+    last_error: str | None = None
+    state: ItemState = ItemState.PENDING
+    dead_reason: str | None = None
+    lease_token: str | None = None
+    lease_until: float | None = None
+
+    @property
+    def ticket(self) -> str:
+        """The ticket a caller gets with ``Via.QUEUED`` (same as ``id``)."""
+        return self.id
+
+
+def _encode_payload(payload: Payload) -> tuple[int, bytes]:
+    if isinstance(payload, bytes | bytearray | memoryview):
+        return _KIND_BYTES, bytes(payload)
+    if isinstance(payload, Mapping):
+        try:
+            text = json.dumps(
+                payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            )
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"payload is not JSON-serialisable: {exc}") from exc
+        return _KIND_JSON, text.encode("utf-8")
+    raise TypeError(f"payload must be bytes or a JSON object, got {type(payload).__name__}")
+
+
+def _decode_payload(kind: int, body: bytes) -> Payload:
+    if kind == _KIND_JSON:
+        value: dict[str, object] = json.loads(body)
+        return value
+    return bytes(body)
+
+
+def _fingerprint(operation: str, entity: str, kind: int, body: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in (operation.encode(), entity.encode(), bytes([kind]), body):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def _ticket(seq: int) -> str:
+    return f"ob-{seq:012d}"
+
+
+def _row_item(row: tuple[object, ...]) -> OutboxItem:
+    (
+        _seq,
+        item_id,
+        entity,
+        operation,
+        kind,
+        payload,
+        key,
+        fingerprint,
+        created_at,
+        queued_at,
+        attempts,
+        not_before,
+        last_error,
+        dead_reason,
+        state,
+        lease_token,
+        lease_until,
+    ) = row
+    assert isinstance(kind, int)
+    assert isinstance(payload, bytes)
+    return OutboxItem(
+        id=str(item_id),
+        entity=str(entity),
+        operation=str(operation),
+        payload=_decode_payload(kind, payload),
+        idempotency_key=str(key),
+        fingerprint=str(fingerprint),
+        created_at=float(created_at),  # type: ignore[arg-type]
+        queued_at=float(queued_at),  # type: ignore[arg-type]
+        attempts=int(attempts),  # type: ignore[call-overload]
+        not_before=float(not_before),  # type: ignore[arg-type]
+        last_error=None if last_error is None else str(last_error),
+        state=ItemState.DEAD if state == _DEAD else ItemState.PENDING,
+        dead_reason=None if dead_reason is None else str(dead_reason),
+        lease_token=None if lease_token is None else str(lease_token),
+        lease_until=None if lease_until is None else float(lease_until),  # type: ignore[arg-type]
+    )
+
+
+class _FullJitter:
+    """Exponential backoff with full jitter, drawn from an injected ``random.Random``.
+
+    The exponential bound comes from :class:`tenacity.wait_exponential`;
+    ``tenacity.wait_random_exponential`` computes the same bound but draws from the global
+    ``random`` module, which a test or a replay cannot seed, so only the draw is ours.
+    """
+
+    __slots__ = ("_bound", "_rng")
+
+    def __init__(self, policy: OutboxPolicy, rng: random.Random) -> None:
+        self._bound = tenacity.wait_exponential(
+            multiplier=policy.backoff_base, max=policy.backoff_cap
+        )
+        self._rng = rng
+
+    def __call__(self, attempt: int) -> float:
+        state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
+        state.attempt_number = max(1, attempt)
+        return self._rng.uniform(0.0, self._bound(state))
+
+
+DeadLetterListener = Callable[[OutboxItem], None]
+
+
+class Outbox:
+    """The durable outbox (see the module docstring for the guarantees).
+
+    Args:
+        store_or_state_dir: a :class:`~superapp_sdk.store.DiskStore` (the outbox lives in
+            its ``state_dir`` and follows its ``durable`` setting), or a directory path.
+        clock: wall time for ``created_at``, backoff and leases (default: system clock).
+        policies: retry policy per operation name; others use ``default_policy``.
+        default_policy: the policy of operations not in ``policies``.
+        rng: randomness for backoff jitter and lease tokens.
+        durable: with a path, whether commits are fsynced (``synchronous=FULL``).
+        max_payload_bytes: larger payloads are refused with
+            :class:`~superapp_sdk.store.ValueTooLarge`.
+        remember_delivered_seconds: how long a delivered item's key is remembered for
+            deduplication (Stripe keeps idempotency keys for 24 hours).
+
+    Raises:
+        StoreError: the state directory or file is unusable (named in the message).
+
+    Example::
+
+        policies = {"payment.confirm": OutboxPolicy(max_age_seconds=900)}
+        outbox = Outbox(".superapp", policies=policies)
+        item = outbox.enqueue(entity="chat:conv-1", operation="chat.send",
+                              payload={"to": "u1", "text": "hi"}, idempotency_key="msg-1")
+        item.ticket  # 'ob-000000000001'
+    """
+
+    def __init__(
+        self,
+        store_or_state_dir: DiskStore | str | os.PathLike[str],
+        *,
+        clock: Clock | None = None,
+        policies: Mapping[str, OutboxPolicy] | None = None,
+        default_policy: OutboxPolicy | None = None,
+        rng: random.Random | None = None,
+        durable: bool = True,
+        max_payload_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        remember_delivered_seconds: float = 24 * 3600.0,
+    ) -> None:
+        if max_payload_bytes < 1:
+            raise ValueError(f"max_payload_bytes must be >= 1, got {max_payload_bytes!r}")
+        if remember_delivered_seconds < 0:
+            raise ValueError(
+                f"remember_delivered_seconds must be >= 0, got {remember_delivered_seconds!r}"
+            )
+        if isinstance(store_or_state_dir, DiskStore):
+            self._db = store_or_state_dir.sqlite_file("outbox")
+        else:
+            self._db = SqliteFile(Path(store_or_state_dir) / "outbox.sqlite3", durable=durable)
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self._policies = dict(policies or {})
+        self._default_policy = default_policy or OutboxPolicy()
+        self._rng = rng if rng is not None else random.Random()
+        self._waits: dict[str, _FullJitter] = {}
+        self.max_payload_bytes = max_payload_bytes
+        self._remember = remember_delivered_seconds
+        self._listeners: builtins.list[DeadLetterListener] = []
+        self._lock = threading.Lock()
+        try:
+            with self._db.transaction("creating the outbox tables") as con:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        con.execute(statement)
+        except BaseException:
+            self._db.close()
+            raise
+
+    @property
+    def path(self) -> Path:
+        """The sqlite file holding the outbox."""
+        return self._db.path
+
+    def policy(self, operation: str) -> OutboxPolicy:
+        """The retry policy of ``operation``."""
+        return self._policies.get(operation, self._default_policy)
+
+    def on_dead_letter(self, callback: DeadLetterListener) -> Callable[[], None]:
+        """Call ``callback(item)`` whenever an item moves to the dead-letter store.
+
+        Listeners run in the thread that dead-lettered the item, after the change is
+        committed; an exception in a listener is logged and does not undo it.
+        Returns a function that removes the listener.
+        """
+        with self._lock:
+            self._listeners.append(callback)
+
+        def remove() -> None:
+            with self._lock:
+                if callback in self._listeners:
+                    self._listeners.remove(callback)
+
+        return remove
+
+    def _emit(self, items: builtins.list[OutboxItem]) -> None:
+        if not items:
+            return
+        with self._lock:
+            listeners = builtins.list(self._listeners)
+        for item in items:
+            for listener in listeners:
+                try:
+                    listener(item)
+                except Exception:
+                    logger.exception("dead-letter listener %r failed for %s", listener, item.id)
+
+    def _wait(self, operation: str) -> _FullJitter:
+        wait = self._waits.get(operation)
+        if wait is None:
+            wait = self._waits[operation] = _FullJitter(self.policy(operation), self._rng)
+        return wait
+
+    # -- writing -------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        *,
+        entity: str,
+        operation: str,
+        payload: Payload,
+        idempotency_key: str,
+    ) -> OutboxItem:
+        """Persist a write; returns only once it is committed (fsynced when durable).
+
+        Returns the new item, or the existing one when ``idempotency_key`` was already
+        enqueued (or recently delivered) with the same fingerprint.
+
+        Raises:
+            IdempotencyConflict: the key was used with a different operation, entity or
+                payload; nothing is stored.
+            ValueTooLarge: the encoded payload is over ``max_payload_bytes``.
+            StoreError: the item could not be persisted (full disk, read-only or
+                corrupted state); it is *not* queued.
+        """
+        for name, value in (
+            ("entity", entity),
+            ("operation", operation),
+            ("idempotency_key", idempotency_key),
+        ):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        kind, body = _encode_payload(payload)
+        if len(body) > self.max_payload_bytes:
+            raise ValueTooLarge(
+                f"outbox payload for {idempotency_key!r} is {len(body)} bytes, over the limit "
+                f"of {self.max_payload_bytes} bytes (max_payload_bytes) ({self.path})",
+                limit=self.max_payload_bytes,
+                size=len(body),
+                path=str(self.path),
+            )
+        fingerprint = _fingerprint(operation, entity, kind, body)
+        now = self.clock.time()
+        with self._db.transaction("enqueueing to the outbox") as con:
+            row = con.execute(_SELECT_BY_KEY, (idempotency_key,)).fetchone()
+            if row is not None:
+                existing = _row_item(row)
+                self._same_or_conflict(existing.fingerprint, fingerprint, idempotency_key)
+                return existing
+            done = con.execute(
+                "SELECT id, fingerprint, created_at, delivered_at FROM delivered"
+                " WHERE idempotency_key = ?",
+                (idempotency_key,),
+            ).fetchone()
+            if done is not None:
+                self._same_or_conflict(done[1], fingerprint, idempotency_key)
+                return OutboxItem(
+                    id=done[0],
+                    entity=entity,
+                    operation=operation,
+                    payload=payload,
+                    idempotency_key=idempotency_key,
+                    fingerprint=fingerprint,
+                    created_at=done[2],
+                    queued_at=done[2],
+                    state=ItemState.DELIVERED,
+                )
+            seq = self._next_seq(con)
+            item = OutboxItem(
+                id=_ticket(seq),
+                entity=entity,
+                operation=operation,
+                payload=payload,
+                idempotency_key=idempotency_key,
+                fingerprint=fingerprint,
+                created_at=now,
+                queued_at=now,
+                not_before=now,
+            )
+            self._insert(con, seq, item, kind, body)
+        return item
+
+    @staticmethod
+    def _same_or_conflict(stored: str, new: str, key: str) -> None:
+        if stored != new:
+            raise IdempotencyConflict(
+                f"idempotency key {key!r} was already used with a different payload;"
+                " nothing was queued"
+            )
+
+    @staticmethod
+    def _next_seq(con: sqlite3.Connection) -> int:
+        row = con.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
+        return 1 if row is None else int(row[0]) + 1
+
+    @staticmethod
+    def _insert(
+        con: sqlite3.Connection, seq: int, item: OutboxItem, kind: int, body: bytes
+    ) -> None:
+        con.execute(
+            _INSERT,
+            (
+                seq,
+                item.id,
+                item.entity,
+                item.operation,
+                kind,
+                body,
+                item.idempotency_key,
+                item.fingerprint,
+                item.created_at,
+                item.queued_at,
+                item.attempts,
+                item.not_before,
+                item.last_error,
+                None,
+                _PENDING,
+                None,
+                None,
+            ),
+        )
+        con.execute(
+            "INSERT OR IGNORE INTO heads (entity, seq, ready_at) VALUES (?, ?, ?)",
+            (item.entity, seq, item.not_before),
+        )
+
+    @staticmethod
+    def _advance_head(con: sqlite3.Connection, entity: str) -> None:
+        row = con.execute(
+            "SELECT seq, not_before, lease_until FROM items"
+            " WHERE entity = ? AND state = 0 ORDER BY seq LIMIT 1",
+            (entity,),
+        ).fetchone()
+        if row is None:
+            con.execute("DELETE FROM heads WHERE entity = ?", (entity,))
+        else:
+            ready = max(row[1], row[2] if row[2] is not None else -math.inf)
+            con.execute(
+                "INSERT OR REPLACE INTO heads (entity, seq, ready_at) VALUES (?, ?, ?)",
+                (entity, row[0], ready),
+            )
+
+    def _bury(self, con: sqlite3.Connection, item: OutboxItem, reason: str) -> OutboxItem:
+        con.execute(
+            "UPDATE items SET state = 1, dead_reason = ?, lease_token = NULL, lease_until = NULL"
+            " WHERE id = ?",
+            (reason, item.id),
+        )
+        self._advance_head(con, item.entity)
+        return replace(
+            item, state=ItemState.DEAD, dead_reason=reason, lease_token=None, lease_until=None
+        )
+
+    def _limit_reached(self, item: OutboxItem, now: float) -> str | None:
+        policy = self.policy(item.operation)
+        if item.attempts >= policy.max_attempts:
+            return f"gave up after {item.attempts} attempts (max_attempts={policy.max_attempts})"
+        if now - item.queued_at >= policy.max_age_seconds:
+            return (
+                f"expired after {now - item.queued_at:.0f} s in the outbox"
+                f" (max_age_seconds={policy.max_age_seconds:g})"
+            )
+        return None
+
+    def claim(
+        self, worker_id: str, *, lease_seconds: float, now: float | None = None
+    ) -> OutboxItem | None:
+        """Lease the next deliverable item, or return ``None`` when none is ready.
+
+        Only the oldest pending item of each entity is eligible; items waiting for their
+        backoff and items leased by someone else are skipped. The lease lasts
+        ``lease_seconds``; the returned item carries the ``lease_token`` for :meth:`ack`
+        or :meth:`fail`. Claiming counts as an attempt. A head found past its
+        ``max_age_seconds``, or whose last allowed attempt was leased by a worker that
+        never reported back, is dead-lettered instead of returned.
+        """
+        if not lease_seconds > 0:
+            raise ValueError(f"lease_seconds must be > 0, got {lease_seconds!r}")
+        now = self.clock.time() if now is None else now
+        buried: builtins.list[OutboxItem] = []
+        claimed: OutboxItem | None = None
+        with self._db.transaction("claiming from the outbox") as con:
+            for _ in range(_CLAIM_SCAN_LIMIT):
+                head = con.execute(
+                    "SELECT entity, seq FROM heads WHERE ready_at <= ? ORDER BY ready_at, seq"
+                    " LIMIT 1",
+                    (now,),
+                ).fetchone()
+                if head is None:
+                    break
+                row = con.execute(_SELECT_PENDING_SEQ, (head[1],)).fetchone()
+                if row is None:
+                    self._advance_head(con, head[0])
+                    continue
+                item = _row_item(row)
+                reason = self._limit_reached(item, now)
+                if reason is not None:
+                    buried.append(self._bury(con, item, reason))
+                    continue
+                attempts = item.attempts + 1
+                token = f"{worker_id}:{attempts}:{self._rng.getrandbits(64):016x}"
+                lease_until = now + lease_seconds
+                con.execute(
+                    "UPDATE items SET attempts = ?, lease_token = ?, lease_until = ? WHERE seq = ?",
+                    (attempts, token, lease_until, head[1]),
+                )
+                con.execute(
+                    "UPDATE heads SET ready_at = ? WHERE entity = ?", (lease_until, head[0])
+                )
+                claimed = replace(
+                    item, attempts=attempts, lease_token=token, lease_until=lease_until
+                )
+                break
+        self._emit(buried)
+        return claimed
+
+    def _leased(self, con: sqlite3.Connection, item_id: str, token: str) -> OutboxItem | None:
+        row = con.execute(_SELECT_PENDING_ID, (item_id,)).fetchone()
+        if row is None:
+            return None
+        item = _row_item(row)
+        return item if item.lease_token == token else None
+
+    def ack(self, item_id: str, lease_token: str) -> bool:
+        """Mark a claimed item delivered and release its entity's next item.
+
+        Returns False (and changes nothing) when the lease was lost: the item was
+        reclaimed by another worker after the lease expired, or dropped by an operator.
+        """
+        now = self.clock.time()
+        with self._db.transaction("acknowledging an outbox item") as con:
+            item = self._leased(con, item_id, lease_token)
+            if item is None:
+                return False
+            con.execute("DELETE FROM items WHERE id = ?", (item_id,))
+            if self._remember > 0:
+                con.execute(
+                    "INSERT OR REPLACE INTO delivered (idempotency_key, id, entity, operation,"
+                    " fingerprint, created_at, delivered_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        item.idempotency_key,
+                        item.id,
+                        item.entity,
+                        item.operation,
+                        item.fingerprint,
+                        item.created_at,
+                        now,
+                    ),
+                )
+                con.execute(
+                    "DELETE FROM delivered WHERE rowid IN (SELECT rowid FROM delivered"
+                    " WHERE delivered_at < ? ORDER BY delivered_at LIMIT ?)",
+                    (now - self._remember, _DELIVERED_PRUNE_BATCH),
+                )
+            self._advance_head(con, item.entity)
+        return True
+
+    def fail(
+        self,
+        item_id: str,
+        lease_token: str,
+        error: str,
+        *,
+        retryable: bool = True,
+        retry_after: float | None = None,
+    ) -> bool:
+        """Report a failed send of a claimed item.
+
+        A retryable failure schedules the item again after ``retry_after`` seconds when
+        the provider asked for it, else after an exponential backoff with full jitter.
+        A non-retryable failure, or one that reaches ``max_attempts`` or
+        ``max_age_seconds``, moves it to the dead-letter store and tells the listeners.
+        Returns False (and changes nothing) when the lease was lost.
+        """
+        if retry_after is not None and not retry_after >= 0:
+            raise ValueError(f"retry_after must be >= 0 or None, got {retry_after!r}")
+        now = self.clock.time()
+        buried: builtins.list[OutboxItem] = []
+        with self._db.transaction("recording an outbox failure") as con:
+            item = self._leased(con, item_id, lease_token)
+            if item is None:
+                return False
+            item = replace(item, last_error=error)
+            con.execute("UPDATE items SET last_error = ? WHERE id = ?", (error, item_id))
+            reason = "not retryable" if not retryable else self._limit_reached(item, now)
+            if reason is not None:
+                buried.append(self._bury(con, item, reason))
+            else:
+                delay = (
+                    retry_after
+                    if retry_after is not None
+                    else self._wait(item.operation)(item.attempts)
+                )
+                not_before = now + delay
+                con.execute(
+                    "UPDATE items SET not_before = ?, lease_token = NULL, lease_until = NULL"
+                    " WHERE id = ?",
+                    (not_before, item_id),
+                )
+                con.execute(
+                    "UPDATE heads SET ready_at = ? WHERE entity = ?", (not_before, item.entity)
+                )
+        self._emit(buried)
+        return True
+
+    def expire(self, now: float | None = None) -> int:
+        """Dead-letter every pending, unleased item older than its ``max_age_seconds``.
+
+        Claims do this lazily for the head of each entity; this sweeps the whole queue
+        (an operator or a periodic task calls it). Returns how many items moved.
+        """
+        now = self.clock.time() if now is None else now
+        buried: builtins.list[OutboxItem] = []
+        with self._db.transaction("expiring outbox items") as con:
+            rows = con.execute(_SELECT_ALL_PENDING)
+            for row in rows.fetchall():
+                item = _row_item(row)
+                if item.lease_until is not None and item.lease_until > now:
+                    continue
+                policy = self.policy(item.operation)
+                if now - item.queued_at >= policy.max_age_seconds:
+                    reason = (
+                        f"expired after {now - item.queued_at:.0f} s in the outbox"
+                        f" (max_age_seconds={policy.max_age_seconds:g})"
+                    )
+                    buried.append(self._bury(con, item, reason))
+        self._emit(buried)
+        return len(buried)
+
+    # -- operators -----------------------------------------------------------------------
+
+    def retry_dead(self, item_id: str) -> OutboxItem | None:
+        """Put a dead-lettered item back at the end of its entity's queue.
+
+        Its attempts and age start again from zero; its id, key and payload stay.
+        Returns the requeued item, or ``None`` when no dead letter has that id.
+        """
+        now = self.clock.time()
+        with self._db.transaction("retrying a dead letter") as con:
+            row = con.execute(_SELECT_DEAD_ID, (item_id,)).fetchone()
+            if row is None:
+                return None
+            kind, body = int(row[4]), bytes(row[5])
+            old = _row_item(row)
+            con.execute("DELETE FROM items WHERE id = ?", (item_id,))
+            item = replace(
+                old,
+                queued_at=now,
+                attempts=0,
+                not_before=now,
+                state=ItemState.PENDING,
+                dead_reason=None,
+            )
+            self._insert(con, self._next_seq(con), item, kind, body)
+        return item
+
+    def drop(self, item_id: str) -> bool:
+        """Delete an item (pending or dead) for good; True when it existed.
+
+        This is the only way an undelivered item leaves the outbox: an operator's decision.
+        """
+        with self._db.transaction("dropping an outbox item") as con:
+            row = con.execute(
+                "SELECT seq, entity, state FROM items WHERE id = ?", (item_id,)
+            ).fetchone()
+            if row is None:
+                return False
+            con.execute("DELETE FROM items WHERE seq = ?", (row[0],))
+            head = con.execute("SELECT seq FROM heads WHERE entity = ?", (row[1],)).fetchone()
+            if head is not None and head[0] == row[0]:
+                self._advance_head(con, row[1])
+        logger.warning("outbox item %s dropped by request", item_id)
+        return True
+
+    # -- reading -------------------------------------------------------------------------
+
+    def get(self, item_id: str) -> OutboxItem | None:
+        """The pending or dead item ``item_id``, or ``None``."""
+        with self._db.reading("reading the outbox") as con:
+            row = con.execute(_SELECT_ID, (item_id,)).fetchone()
+        return None if row is None else _row_item(row)
+
+    def list(self, offset: int = 0, limit: int = 100) -> builtins.list[OutboxItem]:
+        """Pending items in enqueue order, ``limit`` at a time from ``offset``."""
+        return self._page(_PENDING, offset, limit)
+
+    def dead_letters(self, offset: int = 0, limit: int = 100) -> builtins.list[OutboxItem]:
+        """Dead-lettered items, oldest first, ``limit`` at a time from ``offset``."""
+        return self._page(_DEAD, offset, limit)
+
+    def _page(self, state: int, offset: int, limit: int) -> builtins.list[OutboxItem]:
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset!r}")
+        if not 1 <= limit <= 10_000:
+            raise ValueError(f"limit must be in 1..10000, got {limit!r}")
+        with self._db.reading("reading the outbox") as con:
+            rows = con.execute(
+                _SELECT_PAGE,
+                (state, limit, offset),
+            ).fetchall()
+        return [_row_item(row) for row in rows]
+
+    def depth(self) -> int:
+        """How many items wait to be delivered (dead letters not counted)."""
+        with self._db.reading("reading the outbox") as con:
+            (count,) = con.execute("SELECT count(*) FROM items WHERE state = 0").fetchone()
+        return int(count)
+
+    def dead_count(self) -> int:
+        """How many items are in the dead-letter store."""
+        with self._db.reading("reading the outbox") as con:
+            (count,) = con.execute("SELECT count(*) FROM items WHERE state = 1").fetchone()
+        return int(count)
+
+    def next_ready_at(self) -> float | None:
+        """Wall time at which the next item becomes claimable, or ``None`` when empty."""
+        with self._db.reading("reading the outbox") as con:
+            (ready,) = con.execute("SELECT min(ready_at) FROM heads").fetchone()
+        return None if ready is None else float(ready)
+
+    def close(self) -> None:
+        """Close the outbox's database connections (idempotent)."""
+        self._db.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Outbox({str(self.path)!r})"
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    value = getattr(exc, "retry_after", None)
+    return float(value) if isinstance(value, int | float) and value >= 0 else None
+
+
+class OutboxWorker:
+    """Replays the outbox in background threads.
+
+    Each round claims one item, calls ``sender(item)``, and acknowledges it when the
+    sender returns; when the sender raises, the item is failed (retryable unless the
+    exception has ``retryable = False``, honouring its ``retry_after``). When nothing is
+    ready the thread sleeps until the next item's backoff ends, at most ``poll_floor``
+    seconds, or until :meth:`wake` (called on breaker or failure-domain close events).
+
+    Args:
+        outbox: the outbox to drain.
+        sender: delivers one item; raises on failure.
+        clock: unused for sleeping (the thread waits on an event); kept for symmetry with
+            the outbox's clock when computing waits.
+        poll_floor: the longest the worker sleeps without looking (> 0).
+        lease_seconds: how long a claimed item stays invisible to other workers; choose
+            it well above the sender's worst-case duration.
+        worker_id: names the worker in lease tokens (default: process id and thread).
+        concurrency: sender threads (>= 1). Items of one entity are still sent one at a
+            time, in order; more threads overlap one item's store commits with another
+            entity's send.
+
+    Example::
+
+        with OutboxWorker(outbox, send_to_provider) as worker:
+            worker.drain(timeout=30)
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        sender: Callable[[OutboxItem], object],
+        *,
+        clock: Clock | None = None,
+        poll_floor: float = 1.0,
+        lease_seconds: float = 60.0,
+        worker_id: str | None = None,
+        concurrency: int = 1,
+    ) -> None:
+        if not poll_floor > 0:
+            raise ValueError(f"poll_floor must be > 0 seconds, got {poll_floor!r}")
+        if not lease_seconds > 0:
+            raise ValueError(f"lease_seconds must be > 0 seconds, got {lease_seconds!r}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency!r}")
+        self.outbox = outbox
+        self._sender = sender
+        self.clock: Clock = clock if clock is not None else outbox.clock
+        self.poll_floor = poll_floor
+        self.lease_seconds = lease_seconds
+        self.worker_id = worker_id or f"pid{os.getpid()}-w{id(self):x}"
+        self.concurrency = concurrency
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._progress = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        #: The last error the worker hit while talking to the store, if any.
+        self.last_store_error: StoreError | None = None
+
+    def run_once(self) -> bool:
+        """Claim and send one item in the calling thread; True when an item was handled."""
+        item = self.outbox.claim(self.worker_id, lease_seconds=self.lease_seconds)
+        if item is None:
+            return False
+        assert item.lease_token is not None
+        try:
+            self._sender(item)
+        # Any exception from the sender is a failed delivery to record, not a crash of
+        # the worker: the outbox decides between retry and dead letter.
+        except Exception as exc:  # noqa: BLE001
+            retryable = bool(getattr(exc, "retryable", True))
+            if not self.outbox.fail(
+                item.id,
+                item.lease_token,
+                _describe(exc),
+                retryable=retryable,
+                retry_after=_retry_after(exc),
+            ):
+                logger.warning("lease of outbox item %s was lost before fail", item.id)
+        else:
+            if not self.outbox.ack(item.id, item.lease_token):
+                logger.warning("lease of outbox item %s was lost before ack", item.id)
+        return True
+
+    def _idle_wait(self) -> float:
+        ready = self.outbox.next_ready_at()
+        if ready is None:
+            return self.poll_floor
+        return min(self.poll_floor, max(0.001, ready - self.clock.time()))
+
+    def _notify(self) -> None:
+        with self._progress:
+            self._progress.notify_all()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                handled = self.run_once()
+                wait = 0.0 if handled else self._idle_wait()
+            except StoreError as exc:
+                logger.error("outbox worker: %s", exc)
+                self.last_store_error = exc
+                handled, wait = False, self.poll_floor
+            self._notify()
+            if not handled:
+                self._wake.wait(wait)
+
+    def start(self) -> None:
+        """Start the worker threads (idempotent)."""
+        if self.running:
+            return
+        self._stop.clear()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"superapp-outbox-{n}", daemon=True)
+            for n in range(self.concurrency)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the items in flight (if any) are acknowledged or failed."""
+        self._stop.set()
+        self._wake.set()
+        threads, self._threads = self._threads, []
+        for thread in threads:
+            thread.join(timeout)
+
+    def wake(self) -> None:
+        """Look for work now (a provider became healthy again)."""
+        self._wake.set()
+
+    @property
+    def running(self) -> bool:
+        """True while a worker thread is alive."""
+        return any(thread.is_alive() for thread in self._threads)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until the outbox has no pending item; False when ``timeout`` passed first."""
+        self.wake()
+        with self._progress:
+            return self._progress.wait_for(lambda: self.outbox.depth() == 0, timeout)
+
+    def __enter__(self) -> OutboxWorker:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"OutboxWorker({self.outbox!r}, worker_id={self.worker_id!r})"
+
+
+class AsyncOutboxWorker:
+    """Replays the outbox in an asyncio task, with an async ``sender``.
+
+    Behaves like :class:`OutboxWorker`; store operations run in a thread
+    (``asyncio.to_thread``) so an fsync never blocks the event loop.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        sender: Callable[[OutboxItem], Awaitable[object]],
+        *,
+        clock: Clock | None = None,
+        poll_floor: float = 1.0,
+        lease_seconds: float = 60.0,
+        worker_id: str | None = None,
+    ) -> None:
+        if not poll_floor > 0:
+            raise ValueError(f"poll_floor must be > 0 seconds, got {poll_floor!r}")
+        if not lease_seconds > 0:
+            raise ValueError(f"lease_seconds must be > 0 seconds, got {lease_seconds!r}")
+        self.outbox = outbox
+        self._sender = sender
+        self.clock: Clock = clock if clock is not None else outbox.clock
+        self.poll_floor = poll_floor
+        self.lease_seconds = lease_seconds
+        self.worker_id = worker_id or f"pid{os.getpid()}-a{id(self):x}"
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        #: The last error the worker hit while talking to the store, if any.
+        self.last_store_error: StoreError | None = None
+
+    async def run_once(self) -> bool:
+        """Claim and send one item; True when an item was handled."""
+        item = await asyncio.to_thread(
+            self.outbox.claim, self.worker_id, lease_seconds=self.lease_seconds
+        )
+        if item is None:
+            return False
+        assert item.lease_token is not None
+        try:
+            await self._sender(item)
+        # As in OutboxWorker: a sender exception is a failed delivery, not a worker crash.
+        except Exception as exc:  # noqa: BLE001
+            ok = await asyncio.to_thread(
+                self.outbox.fail,
+                item.id,
+                item.lease_token,
+                _describe(exc),
+                retryable=bool(getattr(exc, "retryable", True)),
+                retry_after=_retry_after(exc),
+            )
+        else:
+            ok = await asyncio.to_thread(self.outbox.ack, item.id, item.lease_token)
+        if not ok:
+            logger.warning("lease of outbox item %s was lost", item.id)
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                handled = await self.run_once()
+                wait = 0.0
+                if not handled:
+                    ready = await asyncio.to_thread(self.outbox.next_ready_at)
+                    wait = (
+                        self.poll_floor
+                        if ready is None
+                        else min(self.poll_floor, max(0.001, ready - self.clock.time()))
+                    )
+            except StoreError as exc:
+                logger.error("outbox worker: %s", exc)
+                self.last_store_error = exc
+                handled, wait = False, self.poll_floor
+            self._progress.set()
+            if not handled:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+
+    def start(self) -> None:
+        """Start the worker task on the running loop (idempotent)."""
+        if self._task is not None and not self._task.done():
+            return
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name="superapp-outbox")
+
+    async def stop(self) -> None:
+        """Cancel the worker task and wait for it to end."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    def wake(self) -> None:
+        """Look for work now; safe to call from any thread."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._wake.set()
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._wake.set()
+        else:
+            loop.call_soon_threadsafe(self._wake.set)
+
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Wait until the outbox has no pending item; False when ``timeout`` passed first."""
+        self.wake()
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    self._progress.clear()
+                    if await asyncio.to_thread(self.outbox.depth) == 0:
+                        return True
+                    await self._progress.wait()
+        except TimeoutError:
+            return False
+
+    async def __aenter__(self) -> AsyncOutboxWorker:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def __repr__(self) -> str:
+        return f"AsyncOutboxWorker({self.outbox!r}, worker_id={self.worker_id!r})"

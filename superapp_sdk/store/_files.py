@@ -1,0 +1,177 @@
+"""Private files and sqlite databases under ``state_dir``.
+
+Everything the SDK persists (tokens, queued payments, receipts) is private to the user
+running the backend: directories are created 0700 and files 0600, whatever the umask.
+Every sqlite or OS error is turned into a :class:`~superapp_sdk.StoreError` naming the
+path, so a corrupted file, a read-only directory or a full disk is reported, never dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from superapp_sdk._errors import StoreError
+
+__all__ = ["SqliteFile", "ensure_private_dir", "ensure_private_file", "store_error"]
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def store_error(path: Path | str, action: str, exc: BaseException) -> StoreError:
+    """A :class:`StoreError` for ``exc`` raised while doing ``action`` on ``path``."""
+    text = str(exc)
+    lowered = text.lower()
+    if "not a database" in lowered or "malformed" in lowered:
+        why = "the state file is corrupted or truncated"
+    elif "full" in lowered or getattr(exc, "errno", None) == 28:
+        why = "the disk is full"
+    elif "readonly" in lowered or "read-only" in lowered or isinstance(exc, PermissionError):
+        why = "the state is not writable"
+    elif "unable to open" in lowered:
+        why = "the state file cannot be opened"
+    else:
+        why = "the state cannot be read or written"
+    return StoreError(f"{action} failed: {why} ({path}): {text}", path=str(path))
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) if missing and make it 0700; StoreError if impossible."""
+    try:
+        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        if stat.S_IMODE(path.stat().st_mode) != DIR_MODE:
+            path.chmod(DIR_MODE)
+    except OSError as exc:
+        raise store_error(path, "creating the state directory", exc) from exc
+
+
+def ensure_private_file(path: Path) -> None:
+    """Create ``path`` empty if missing, and make it 0600; StoreError if impossible."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, FILE_MODE)
+        try:
+            if stat.S_IMODE(os.fstat(fd).st_mode) != FILE_MODE:
+                os.fchmod(fd, FILE_MODE)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise store_error(path, "creating the state file", exc) from exc
+
+
+class SqliteFile:
+    """A sqlite database in WAL mode with one connection per thread.
+
+    ``durable=True`` sets ``synchronous=FULL``: every commit is fsynced before it returns,
+    so a committed write survives power loss. With ``durable=False`` (``NORMAL``) a commit
+    survives a crash of the process (``kill -9``) but the last commits may be lost if the
+    machine itself loses power (https://www.sqlite.org/pragma.html#pragma_synchronous).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        durable: bool = True,
+        busy_timeout: float = 60.0,
+        cache_kib: int = 8192,
+    ) -> None:
+        self.path = path
+        self.durable = durable
+        self._busy_timeout = busy_timeout
+        self._cache_kib = cache_kib
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._closed = False
+        ensure_private_dir(path.parent)
+        ensure_private_file(path)
+        with self.reading("opening the state file") as con:
+            con.execute("PRAGMA schema_version").fetchone()
+        for suffix in ("-wal", "-shm"):
+            side = Path(f"{path}{suffix}")
+            if side.exists():
+                ensure_private_file(side)
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(
+            self.path,
+            timeout=self._busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            con.execute("PRAGMA journal_mode=WAL").fetchone()
+            con.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
+            con.execute(f"PRAGMA cache_size=-{int(self._cache_kib)}")
+            con.execute("PRAGMA temp_store=MEMORY")
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use)."""
+        con: sqlite3.Connection | None = getattr(self._local, "con", None)
+        if con is None:
+            with self._lock:
+                if self._closed:
+                    raise StoreError(f"the state file is closed ({self.path})", path=str(self.path))
+            con = self._connect()
+            with self._lock:
+                self._connections.append(con)
+            self._local.con = con
+        return con
+
+    @contextmanager
+    def reading(self, action: str) -> Iterator[sqlite3.Connection]:
+        """A connection for reads; any sqlite/OS error becomes a StoreError naming the path."""
+        try:
+            yield self.connection()
+        except (sqlite3.Error, OSError) as exc:
+            raise store_error(self.path, action, exc) from exc
+
+    @contextmanager
+    def transaction(self, action: str) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``: one writer at a time across threads and processes.
+
+        The write lock is taken up front, so a read-then-write inside the block is atomic.
+        On any exception the transaction is rolled back; sqlite/OS errors become
+        StoreError naming the path.
+        """
+        try:
+            con = self.connection()
+            con.execute("BEGIN IMMEDIATE")
+        except (sqlite3.Error, OSError) as exc:
+            raise store_error(self.path, action, exc) from exc
+        try:
+            yield con
+            con.execute("COMMIT")
+        except BaseException as exc:
+            try:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+            except sqlite3.Error:
+                # The original error is the one worth reporting; a failed rollback leaves
+                # the transaction to sqlite's own recovery on the next open.
+                pass
+            if isinstance(exc, sqlite3.Error | OSError):
+                raise store_error(self.path, action, exc) from exc
+            raise
+
+    def close(self) -> None:
+        """Close every thread's connection (idempotent)."""
+        with self._lock:
+            self._closed = True
+            connections, self._connections = self._connections, []
+        for con in connections:
+            con.close()
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return f"SqliteFile({str(self.path)!r}, durable={self.durable})"
