@@ -15,6 +15,14 @@ from superapp_sdk.resilience._base import (
     default_retryable,
 )
 from superapp_sdk.resilience._pipeline import Pipeline
+from superapp_sdk.resilience._router import (
+    DomainOpen,
+    OutcomeUnknown,
+    Route,
+    Routed,
+    Router,
+    SharedDetector,
+)
 from superapp_sdk.resilience._strategies import (
     Bulkhead,
     CircuitBreaker,
@@ -35,15 +43,21 @@ __all__ = [
     "CallRejected",
     "CircuitBreaker",
     "Deadline",
+    "DomainOpen",
     "Event",
     "Hedge",
     "HedgeLaunched",
     "Listener",
+    "OutcomeUnknown",
     "Pipeline",
     "ResilientTransport",
     "Retry",
     "RetryScheduled",
+    "Route",
+    "Routed",
+    "Router",
     "SharedBudget",
+    "SharedDetector",
     "Strategy",
     "SystemTimer",
     "Timeout",

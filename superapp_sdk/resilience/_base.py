@@ -76,9 +76,22 @@ class CallContext:
         attempt: 1 for the first try, 2 for the first retry, ...
         operation: a name for events and errors.
         hedged: True inside a hedge's backup call.
+        probe: whether this call may serve as a half-open probe (``None``: the
+            breaker's default).
+        max_timeout: a cap on the per-try timeout (a short probe timeout).
     """
 
-    __slots__ = ("_afn", "_fn", "attempt", "deadline", "hedged", "operation", "timeout")
+    __slots__ = (
+        "_afn",
+        "_fn",
+        "attempt",
+        "deadline",
+        "hedged",
+        "max_timeout",
+        "operation",
+        "probe",
+        "timeout",
+    )
 
     def __init__(self, operation: str = "", deadline: float | None = None) -> None:
         self._fn: Callable[[CallContext], Any] | None = None
@@ -88,6 +101,8 @@ class CallContext:
         self.timeout: float | None = None
         self.attempt = 1
         self.hedged = False
+        self.probe: bool | None = None
+        self.max_timeout: float | None = None
 
     def remaining(self, now: float) -> float | None:
         """Seconds left before the deadline, or ``None`` without one."""
@@ -101,6 +116,8 @@ class CallContext:
         c.timeout = self.timeout
         c.attempt = self.attempt
         c.hedged = self.hedged
+        c.probe = self.probe
+        c.max_timeout = self.max_timeout
         return c
 
     def __repr__(self) -> str:

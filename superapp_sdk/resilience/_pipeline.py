@@ -99,9 +99,24 @@ class Pipeline:
 
     # -- running -----------------------------------------------------------------------
 
-    def call(self, fn: Callable[[CallContext], T], *, operation: str = "") -> T:
-        """Run ``fn`` through the pipeline."""
+    def call(
+        self,
+        fn: Callable[[CallContext], T],
+        *,
+        operation: str = "",
+        probe: bool | None = None,
+        max_timeout: float | None = None,
+    ) -> T:
+        """Run ``fn`` through the pipeline.
+
+        Args:
+            operation: a name for events and errors.
+            probe: whether this call may be a half-open probe (default: the breaker's).
+            max_timeout: a cap on the per-try timeout (a short probe timeout).
+        """
         ctx = CallContext(operation)
+        ctx.probe = probe
+        ctx.max_timeout = max_timeout
         ctx._fn = fn
         return self._sync(ctx)  # type: ignore[no-any-return]
 

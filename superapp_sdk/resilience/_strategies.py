@@ -326,7 +326,7 @@ class CircuitBreaker(_Bound):
 
     def run(self, ctx: CallContext, nxt: SyncNext) -> Any:
         """Run the rest if the breaker admits the call; record its result."""
-        permit = self.acquire(ctx)
+        permit = self.acquire(ctx, probe=ctx.probe)
         start = self._now()
         try:
             result = nxt(ctx)
@@ -339,7 +339,7 @@ class CircuitBreaker(_Bound):
     async def arun(self, ctx: CallContext, nxt: AsyncNext) -> Any:
         """Await the rest if the breaker admits the call; record its result. A cancelled
         call gives its half-open permit back."""
-        permit = self.acquire(ctx)
+        permit = self.acquire(ctx, probe=ctx.probe)
         start = self._now()
         try:
             result = await nxt(ctx)
@@ -649,6 +649,8 @@ class Timeout(_Bound):
         assert self.host is not None
         now = self.host.timer.monotonic()
         t = self.current()
+        if ctx.max_timeout is not None:
+            t = min(t, ctx.max_timeout)
         if ctx.deadline is not None:
             t = min(t, max(0.0, ctx.deadline - now))
         ctx.timeout = t

@@ -1,0 +1,639 @@
+"""The router shell: try providers in priority order through their pipelines, skip what
+is known to be down, hedge idempotent reads, probe recovering providers in the
+background, and say who answered.
+
+Decisions come from ``core/routing.py`` (what an error means, failback hysteresis) and
+``core/domains.py`` (correlated outages); this module only does the calling and waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from superapp_sdk._errors import CircuitOpen, NoAnswer, Unavailable
+from superapp_sdk._outcome import Attempt
+from superapp_sdk.capabilities._common import Provider
+from superapp_sdk.core.breaker import BreakerState, StateChange
+from superapp_sdk.core.domains import DomainChange, DomainState, FailureDomainDetector
+from superapp_sdk.core.routing import (
+    Action,
+    Classification,
+    FailbackRamp,
+    OperationKind,
+    classify,
+)
+from superapp_sdk.resilience._base import CallContext, Event, SystemTimer, Timer, default_failure
+from superapp_sdk.resilience._pipeline import Pipeline
+from superapp_sdk.resilience._strategies import arun_hedged, hedge_delay, run_hedged
+
+__all__ = ["DomainOpen", "OutcomeUnknown", "Route", "Routed", "Router", "SharedDetector"]
+
+T = TypeVar("T")
+P = TypeVar("P", bound=Provider)
+
+
+class DomainOpen(CircuitOpen):
+    """The provider's whole failure domain is open (a correlated outage)."""
+
+
+class OutcomeUnknown(NoAnswer):
+    """A payment may or may not have executed, and its status could not be learned.
+
+    The router does not fail over (that could charge twice); the caller must resolve it
+    later, by a status query or through the outbox.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Route(Generic[P]):
+    """One provider and the pipeline its calls go through."""
+
+    provider: P
+    pipeline: Pipeline
+
+    @property
+    def name(self) -> str:
+        """The provider's name."""
+        return self.provider.name
+
+    @property
+    def domain(self) -> str:
+        """The provider's failure domain."""
+        return self.provider.failure_domain
+
+
+@dataclass(frozen=True, slots=True)
+class Routed(Generic[T]):
+    """What the router got: the value, who gave it, and every try on the way."""
+
+    value: T
+    provider: str
+    primary: bool
+    attempts: tuple[Attempt, ...]
+
+
+class SharedDetector:
+    """A :class:`FailureDomainDetector` shared by every router of an app, with a lock and
+    listeners for domain changes."""
+
+    def __init__(
+        self, detector: FailureDomainDetector | None = None, *, timer: Timer | None = None
+    ) -> None:
+        self.detector = detector or FailureDomainDetector()
+        self.timer: Timer = timer or SystemTimer()
+        self._lock = threading.Lock()
+        self.listeners: list[Callable[[DomainChange], None]] = []
+        self.listener_errors = 0
+
+    def _flush(self) -> None:
+        if not self.detector.changes:
+            return
+        with self._lock:
+            changes, self.detector.changes = self.detector.changes, []
+        for change in changes:
+            for listener in self.listeners:
+                try:
+                    listener(change)
+                except Exception:  # noqa: BLE001 - a listener must not break a call
+                    self.listener_errors += 1
+
+    def allows(self, domain: str) -> bool:
+        """True when the domain is closed."""
+        with self._lock:
+            return self.detector.allows(domain, self.timer.monotonic())
+
+    def state(self, domain: str) -> DomainState:
+        """The domain's state now."""
+        with self._lock:
+            state = self.detector.state(domain, self.timer.monotonic())
+        self._flush()
+        return state
+
+    def try_probe(self, domain: str) -> bool:
+        """Take a probe slot of a half-open domain."""
+        with self._lock:
+            ok = self.detector.try_probe(domain, self.timer.monotonic())
+        self._flush()
+        return ok
+
+    def record(self, domain: str, capability: str, *, ok: bool, probe: bool = False) -> None:
+        """Feed one result."""
+        now = self.timer.monotonic()
+        with self._lock:
+            if ok:
+                self.detector.record_success(domain, capability, now, probe=probe)
+            else:
+                self.detector.record_failure(domain, capability, now, probe=probe)
+        self._flush()
+
+    def breaker_opened(self, domain: str, capability: str) -> None:
+        """A breaker of a provider of ``capability`` in ``domain`` opened."""
+        with self._lock:
+            self.detector.record_breaker_open(domain, capability, self.timer.monotonic())
+        self._flush()
+
+    def retry_after(self, domain: str) -> float | None:
+        """Seconds until the domain turns half-open."""
+        with self._lock:
+            return self.detector.retry_after(domain, self.timer.monotonic())
+
+    def force_open(self, domain: str) -> None:
+        """Open a domain by hand."""
+        with self._lock:
+            self.detector.force_open(domain, self.timer.monotonic())
+        self._flush()
+
+    def reset(self, domain: str) -> None:
+        """Close a domain by hand."""
+        with self._lock:
+            self.detector.reset(domain, self.timer.monotonic())
+        self._flush()
+
+
+MakeSync = Callable[[Route[Any]], Callable[[CallContext], Any]]
+MakeAsync = Callable[[Route[Any]], Callable[[CallContext], Awaitable[Any]]]
+
+
+class _Stop(Exception):
+    """Carries a FAIL_NOW error through a hedge race as a result."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.error = error
+
+
+class Router(Generic[P]):
+    """Routes the calls of one capability over its providers.
+
+    Args:
+        capability: the capability name, fed to the failure-domain detector.
+        routes: providers in priority order with their pipelines. Their breakers should
+            use ``background_probe=True`` so no user call waits on a dead provider.
+        detector: the app's shared failure-domain detector.
+        ramp: failback hysteresis.
+        classification: overrides of the error classification.
+        probe_timeout: the per-try timeout of a probe, so a probe of a dead provider is
+            short even when it has to be a user call.
+    """
+
+    def __init__(
+        self,
+        capability: str,
+        routes: Sequence[Route[P]],
+        *,
+        detector: SharedDetector,
+        timer: Timer | None = None,
+        ramp: FailbackRamp | None = None,
+        classification: Classification | None = None,
+        probe_timeout: float = 0.25,
+    ) -> None:
+        if not routes:
+            raise ValueError(f"Router({capability!r}) needs at least one provider")
+        self.capability = capability
+        self.routes = tuple(routes)
+        self.detector = detector
+        self.timer: Timer = timer or detector.timer
+        self.ramp = ramp or FailbackRamp()
+        self.classification = classification
+        self.probe_timeout = probe_timeout
+        self._lock = threading.Lock()
+        self._probing: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        for route in self.routes:
+            route.pipeline.on(self._listener(route))
+
+    # -- bookkeeping shared by the sync and async paths --------------------------------
+
+    def _listener(self, route: Route[P]) -> Callable[[Event], None]:
+        def on_event(event: Event) -> None:
+            if not isinstance(event, StateChange):
+                return
+            if event.new is BreakerState.OPEN:
+                self.ramp.failed(route.name)
+                self.detector.breaker_opened(route.domain, self.capability)
+            elif event.new is BreakerState.CLOSED and event.old is BreakerState.HALF_OPEN:
+                self.ramp.recovered(route.name, self.timer.monotonic())
+
+        return on_event
+
+    def _order(self, operation: str) -> list[Route[P]]:
+        routes = [r for r in self.routes if operation in r.provider.operations]
+        if len(routes) > 1 and not self.ramp.admit(routes[0].name, self.timer.monotonic()):
+            routes.append(routes.pop(0))
+        return routes
+
+    def _plan(
+        self, operation: str, attempts: list[Attempt], *, can_probe_aside: bool
+    ) -> tuple[list[tuple[Route[P], str]], list[Route[P]], list[Route[P]]]:
+        """Split the routes into (eligible, to probe aside, domains to probe aside).
+
+        Each eligible route carries its mode: ``""`` for a normal call, ``"probe"`` or
+        ``"domain"`` when the call itself must be the probe (no probe call is available
+        for this operation) and so runs with the short probe timeout.
+        """
+        eligible: list[tuple[Route[P], str]] = []
+        probes: list[Route[P]] = []
+        domain_probes: list[Route[P]] = []
+        for r in self._order(operation):
+            if not self.detector.allows(r.domain):
+                if self.detector.state(r.domain) is DomainState.HALF_OPEN:
+                    if can_probe_aside:
+                        domain_probes.append(r)
+                    elif self.detector.try_probe(r.domain):
+                        eligible.append((r, "domain"))
+                        continue
+                attempts.append(Attempt(r.name, "DomainOpen", 0.0, skipped=True))
+                continue
+            breaker = r.pipeline.breaker
+            if (
+                breaker is not None
+                and breaker.background_probe
+                and breaker.state
+                not in (
+                    BreakerState.CLOSED,
+                    BreakerState.DISABLED,
+                    BreakerState.METRICS_ONLY,
+                )
+            ):
+                if breaker.probe_due():
+                    if can_probe_aside:
+                        probes.append(r)
+                    else:
+                        eligible.append((r, "probe"))
+                        continue
+                attempts.append(Attempt(r.name, "CircuitOpen", 0.0, skipped=True))
+                continue
+            eligible.append((r, ""))
+        return eligible, probes, domain_probes
+
+    def _options(self, mode: str) -> dict[str, Any]:
+        if not mode:
+            return {}
+        return {"probe": mode == "probe", "max_timeout": self.probe_timeout}
+
+    def _claim_probe(self, key: str) -> bool:
+        with self._lock:
+            if key in self._probing:
+                return False
+            self._probing.add(key)
+            return True
+
+    def _end_probe(self, key: str) -> None:
+        with self._lock:
+            self._probing.discard(key)
+
+    def _record(self, route: Route[P], exc: BaseException | None, mode: str = "") -> None:
+        probe = mode == "domain"
+        if exc is None:
+            self.detector.record(route.domain, self.capability, ok=True, probe=probe)
+        elif (
+            isinstance(exc, Exception) and default_failure(exc) and not isinstance(exc, CircuitOpen)
+        ):
+            self.detector.record(route.domain, self.capability, ok=False, probe=probe)
+
+    def _routed(self, value: Any, route: Route[P], attempts: list[Attempt]) -> Routed[Any]:
+        return Routed(value, route.name, route is self.routes[0], tuple(attempts))
+
+    def _unavailable(self, operation: str, attempts: list[Attempt]) -> Unavailable:
+        tried = ", ".join(f"{a.provider}: {a.error}" for a in attempts) or "no provider offers it"
+        retry_after = None
+        for r in self.routes:
+            ra = self.detector.retry_after(r.domain)
+            if ra is not None:
+                retry_after = ra if retry_after is None else min(retry_after, ra)
+        return Unavailable(
+            f"{operation}: no provider could serve ({tried})",
+            attempts=attempts,
+            operation=operation,
+            retry_after=retry_after,
+        )
+
+    # -- sync --------------------------------------------------------------------------
+
+    def call(
+        self,
+        operation: str,
+        kind: OperationKind,
+        make: MakeSync,
+        *,
+        resolve: MakeSync | None = None,
+        probe: MakeSync | None = None,
+        hedge: bool = False,
+    ) -> Routed[Any]:
+        """Serve ``operation``: ``make(route)`` builds the call for one provider.
+
+        Args:
+            resolve: for payments, ``resolve(route)`` builds a status query whose result
+                is the value when the payment executed, or ``None`` when it provably did
+                not.
+            probe: builds a cheap call used to probe a recovering provider in the
+                background; reads default to the call itself.
+            hedge: hedge to the next provider after the primary's p95 latency.
+
+        Raises:
+            the provider's error for a business refusal; :class:`OutcomeUnknown` for a
+            payment whose outcome cannot be learned; :class:`Unavailable` when every
+            provider failed or was skipped.
+        """
+        attempts: list[Attempt] = []
+        prober = probe or (make if kind is OperationKind.READ else None)
+        eligible, probes, domain_probes = self._plan(
+            operation, attempts, can_probe_aside=prober is not None
+        )
+        for r in probes:
+            self._spawn_probe(r, prober, domain=False, operation=operation)
+        for r in domain_probes:
+            self._spawn_probe(r, prober, domain=True, operation=operation)
+        if not eligible:
+            raise self._unavailable(operation, attempts)
+        lock = threading.Lock()
+
+        def attempt(item: tuple[Route[P], str]) -> Any:
+            r, mode = item
+            start = self.timer.monotonic()
+            try:
+                value = r.pipeline.call(make(r), operation=operation, **self._options(mode))
+            except Exception as exc:
+                elapsed = self.timer.monotonic() - start
+                with lock:
+                    attempts.append(Attempt(r.name, type(exc).__name__, elapsed))
+                self._record(r, exc, mode)
+                action = classify(
+                    kind, exc, provider=r.name, operation=operation, overrides=self.classification
+                )
+                if action is Action.FAIL_NOW:
+                    raise _Stop(exc) from exc
+                if action is Action.RESOLVE:
+                    return self._resolve(r, exc, resolve, operation, attempts, lock)
+                raise
+            with lock:
+                attempts.append(Attempt(r.name, None, self.timer.monotonic() - start))
+            self._record(r, None, mode)
+            return _Found(value, r)
+
+        try:
+            if hedge and kind is OperationKind.READ and len(eligible) > 1:
+                first = eligible[0][0].pipeline.latency
+                delay = hedge_delay(first, 0.95, 0.05, 20)
+                fns = [functools.partial(attempt, item) for item in eligible]
+                found = run_hedged(fns[0], fns[1:], delay)
+            else:
+                found = None
+                for item in eligible:
+                    try:
+                        found = attempt(item)
+                        break
+                    except _Stop:
+                        raise
+                    except Exception:  # noqa: BLE001, S112 - recorded; fail over to the next
+                        continue
+        except _Stop as stop:
+            raise stop.error from None
+        except Exception:  # noqa: BLE001 - every hedged try failed and was recorded
+            found = None
+        if isinstance(found, _Found):
+            return self._routed(found.value, found.route, attempts)
+        raise self._unavailable(operation, attempts)
+
+    def _resolve(
+        self,
+        r: Route[P],
+        exc: BaseException,
+        resolve: MakeSync | None,
+        operation: str,
+        attempts: list[Attempt],
+        lock: threading.Lock,
+    ) -> Any:
+        if resolve is None:
+            raise _Stop(self._unknown(r, exc, operation)) from exc
+        start = self.timer.monotonic()
+        ctx = CallContext(operation + ".resolve")
+        try:
+            value = resolve(r)(ctx)
+        except Exception as err:
+            with lock:
+                attempts.append(Attempt(r.name, type(err).__name__, self.timer.monotonic() - start))
+            raise _Stop(self._unknown(r, exc, operation)) from err
+        if value is None:
+            raise exc  # provably not executed: fail over
+        return _Found(value, r)
+
+    @staticmethod
+    def _unknown(r: Route[P], exc: BaseException, operation: str) -> OutcomeUnknown:
+        err = OutcomeUnknown(
+            f"{operation} at {r.name}: outcome unknown after {type(exc).__name__}; "
+            "not failed over to avoid a double charge",
+            provider=r.name,
+            operation=operation,
+            request_sent=True,
+        )
+        err.__cause__ = exc
+        return err
+
+    def _probe_once(
+        self, r: Route[P], prober: MakeSync | None, *, domain: bool, operation: str
+    ) -> None:
+        ctx = CallContext(operation + ".probe")
+        ctx.max_timeout = self.probe_timeout
+        ctx.timeout = self.probe_timeout
+        breaker = r.pipeline.breaker
+        if domain:
+            if prober is None or not self.detector.try_probe(r.domain):
+                return
+            try:
+                prober(r)(ctx)
+            except Exception:  # noqa: BLE001 - the probe's failure is the information
+                self.detector.record(r.domain, self.capability, ok=False, probe=True)
+            else:
+                self.detector.record(r.domain, self.capability, ok=True, probe=True)
+            return
+        if breaker is None or prober is None:
+            return
+        try:
+            permit = breaker.acquire(ctx, probe=True)
+        except CircuitOpen:
+            return
+        start = breaker._now()
+        try:
+            prober(r)(ctx)
+        except BaseException as exc:
+            breaker.settle(permit, start, exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            breaker.settle(permit, start, None)
+
+    def _spawn_probe(
+        self, r: Route[P], prober: MakeSync | None, *, domain: bool, operation: str
+    ) -> None:
+        key = ("domain:" if domain else "provider:") + r.name
+        if prober is None or not self._claim_probe(key):
+            return
+
+        def run() -> None:
+            try:
+                self._probe_once(r, prober, domain=domain, operation=operation)
+            finally:
+                self._end_probe(key)
+
+        threading.Thread(target=run, name=f"superapp-probe-{r.name}", daemon=True).start()
+
+    # -- async -------------------------------------------------------------------------
+
+    async def acall(
+        self,
+        operation: str,
+        kind: OperationKind,
+        make: MakeAsync,
+        *,
+        resolve: MakeAsync | None = None,
+        probe: MakeAsync | None = None,
+        hedge: bool = False,
+    ) -> Routed[Any]:
+        """The async form of :meth:`call`; hedged losers are cancelled."""
+        attempts: list[Attempt] = []
+        prober = probe or (make if kind is OperationKind.READ else None)
+        eligible, probes, domain_probes = self._plan(
+            operation, attempts, can_probe_aside=prober is not None
+        )
+        for r in probes:
+            self._aspawn_probe(r, prober, domain=False, operation=operation)
+        for r in domain_probes:
+            self._aspawn_probe(r, prober, domain=True, operation=operation)
+        if not eligible:
+            raise self._unavailable(operation, attempts)
+
+        async def attempt(item: tuple[Route[P], str]) -> Any:
+            r, mode = item
+            start = self.timer.monotonic()
+            try:
+                value = await r.pipeline.acall(make(r), operation=operation, **self._options(mode))
+            except Exception as exc:
+                attempts.append(Attempt(r.name, type(exc).__name__, self.timer.monotonic() - start))
+                self._record(r, exc, mode)
+                action = classify(
+                    kind, exc, provider=r.name, operation=operation, overrides=self.classification
+                )
+                if action is Action.FAIL_NOW:
+                    raise _Stop(exc) from exc
+                if action is Action.RESOLVE:
+                    return await self._aresolve(r, exc, resolve, operation, attempts)
+                raise
+            attempts.append(Attempt(r.name, None, self.timer.monotonic() - start))
+            self._record(r, None, mode)
+            return _Found(value, r)
+
+        found: Any = None
+        try:
+            if hedge and kind is OperationKind.READ and len(eligible) > 1:
+                delay = hedge_delay(eligible[0][0].pipeline.latency, 0.95, 0.05, 20)
+                fns = [functools.partial(attempt, item) for item in eligible]
+                found = await arun_hedged(fns[0], fns[1:], delay)
+            else:
+                for item in eligible:
+                    try:
+                        found = await attempt(item)
+                        break
+                    except _Stop:
+                        raise
+                    except Exception:  # noqa: BLE001, S112 - recorded; fail over to the next
+                        continue
+        except _Stop as stop:
+            raise stop.error from None
+        except Exception:  # noqa: BLE001 - every hedged try failed and was recorded
+            found = None
+        if isinstance(found, _Found):
+            return self._routed(found.value, found.route, attempts)
+        raise self._unavailable(operation, attempts)
+
+    async def _aresolve(
+        self,
+        r: Route[P],
+        exc: BaseException,
+        resolve: MakeAsync | None,
+        operation: str,
+        attempts: list[Attempt],
+    ) -> Any:
+        if resolve is None:
+            raise _Stop(self._unknown(r, exc, operation)) from exc
+        start = self.timer.monotonic()
+        ctx = CallContext(operation + ".resolve")
+        try:
+            value = await resolve(r)(ctx)
+        except Exception as err:
+            attempts.append(Attempt(r.name, type(err).__name__, self.timer.monotonic() - start))
+            raise _Stop(self._unknown(r, exc, operation)) from err
+        if value is None:
+            raise exc
+        return _Found(value, r)
+
+    async def _aprobe_once(
+        self, r: Route[P], prober: MakeAsync, *, domain: bool, operation: str
+    ) -> None:
+        ctx = CallContext(operation + ".probe")
+        ctx.max_timeout = self.probe_timeout
+        ctx.timeout = self.probe_timeout
+        if domain:
+            if not self.detector.try_probe(r.domain):
+                return
+            try:
+                async with asyncio.timeout(self.probe_timeout):
+                    await prober(r)(ctx)
+            except Exception:  # noqa: BLE001 - the probe's failure is the information
+                self.detector.record(r.domain, self.capability, ok=False, probe=True)
+            else:
+                self.detector.record(r.domain, self.capability, ok=True, probe=True)
+            return
+        breaker = r.pipeline.breaker
+        if breaker is None:
+            return
+        try:
+            permit = breaker.acquire(ctx, probe=True)
+        except CircuitOpen:
+            return
+        start = breaker._now()
+        try:
+            async with asyncio.timeout(self.probe_timeout):
+                await prober(r)(ctx)
+        except BaseException as exc:
+            breaker.settle(permit, start, exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            breaker.settle(permit, start, None)
+
+    def _aspawn_probe(
+        self, r: Route[P], prober: MakeAsync | None, *, domain: bool, operation: str
+    ) -> None:
+        key = ("domain:" if domain else "provider:") + r.name
+        if prober is None or not self._claim_probe(key):
+            return
+
+        async def run() -> None:
+            try:
+                await self._aprobe_once(r, prober, domain=domain, operation=operation)
+            finally:
+                self._end_probe(key)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        """Cancel background probes still running."""
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    value: Any
+    route: Route[Any]
