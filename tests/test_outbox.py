@@ -1,0 +1,512 @@
+"""Outbox: persistence before return, dedup, per-entity order, leases, backoff, dead letters."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from superapp_sdk import IdempotencyConflict, StoreError
+from superapp_sdk.offline import (
+    AsyncOutboxWorker,
+    ItemState,
+    Outbox,
+    OutboxItem,
+    OutboxPolicy,
+    OutboxWorker,
+)
+from superapp_sdk.store import DiskStore, ValueTooLarge
+from superapp_sdk.testing import FakeClock
+
+REPO = Path(__file__).resolve().parents[1]
+POLICY = OutboxPolicy(max_attempts=3, max_age_seconds=600, backoff_base=1.0, backoff_cap=8.0)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def outbox(tmp_path: Path, clock: FakeClock) -> Iterator[Outbox]:
+    ob = Outbox(tmp_path / "state", clock=clock, default_policy=POLICY, rng=random.Random(7))
+    yield ob
+    ob.close()
+
+
+def put(ob: Outbox, key: str, entity: str = "chat:c1", text: str = "hi") -> OutboxItem:
+    return ob.enqueue(
+        entity=entity, operation="chat.send", payload={"text": text}, idempotency_key=key
+    )
+
+
+def claim(ob: Outbox, worker: str = "w1", lease: float = 30.0) -> OutboxItem | None:
+    return ob.claim(worker, lease_seconds=lease)
+
+
+def must_claim(ob: Outbox, worker: str = "w1", lease: float = 30.0) -> OutboxItem:
+    item = claim(ob, worker, lease)
+    assert item is not None
+    assert item.lease_token is not None
+    return item
+
+
+def test_enqueue_is_persisted_before_returning(tmp_path: Path, clock: FakeClock) -> None:
+    """An enqueued item is readable by a fresh Outbox opened on the same directory."""
+    ob = Outbox(tmp_path / "state", clock=clock)
+    item = put(ob, "k1")
+    ob.close()
+    again = Outbox(tmp_path / "state", clock=clock)
+    try:
+        stored = again.get(item.id)
+        assert stored is not None
+        assert (stored.payload, stored.idempotency_key, stored.state) == (
+            {"text": "hi"},
+            "k1",
+            ItemState.PENDING,
+        )
+    finally:
+        again.close()
+
+
+def test_outbox_accepts_a_disk_store(tmp_path: Path, clock: FakeClock) -> None:
+    """Given a DiskStore, the outbox lives in its state_dir."""
+    store = DiskStore(tmp_path / "state", durable=False)
+    ob = Outbox(store, clock=clock)
+    try:
+        put(ob, "k1")
+        assert ob.path == tmp_path / "state" / "outbox.sqlite3"
+        assert ob.depth() == 1
+    finally:
+        ob.close()
+        store.close()
+
+
+def test_tickets_sort_in_enqueue_order(outbox: Outbox) -> None:
+    """Ticket strings sort like the order items were enqueued."""
+    ids = [put(outbox, f"k{i}", entity=f"e{i % 3}").id for i in range(12)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 12
+
+
+def test_bytes_payload_round_trips(outbox: Outbox) -> None:
+    """A bytes payload comes back as the same bytes."""
+    item = outbox.enqueue(entity="e", operation="op", payload=b"\x00\x01raw", idempotency_key="k")
+    got = outbox.get(item.id)
+    assert got is not None
+    assert got.payload == b"\x00\x01raw"
+
+
+def test_same_key_same_payload_returns_existing_item(outbox: Outbox) -> None:
+    """Re-enqueueing an identical request returns the first item and stores nothing new."""
+    first = put(outbox, "k1")
+    second = put(outbox, "k1")
+    assert second.id == first.id
+    assert outbox.depth() == 1
+
+
+def test_fingerprint_ignores_json_key_order(outbox: Outbox) -> None:
+    """Two dicts with the same content in another key order are the same request."""
+    a = outbox.enqueue(entity="e", operation="op", payload={"a": 1, "b": 2}, idempotency_key="k")
+    b = outbox.enqueue(entity="e", operation="op", payload={"b": 2, "a": 1}, idempotency_key="k")
+    assert a.id == b.id
+    assert a.fingerprint == b.fingerprint
+
+
+def test_same_key_different_payload_is_a_conflict(outbox: Outbox) -> None:
+    """Reusing a key with another payload raises IdempotencyConflict and queues nothing."""
+    put(outbox, "k1", text="hi")
+    with pytest.raises(IdempotencyConflict, match="k1"):
+        put(outbox, "k1", text="changed")
+    assert outbox.depth() == 1
+
+
+def test_conflict_is_detected_after_delivery(outbox: Outbox) -> None:
+    """A delivered key is remembered: same payload returns DELIVERED, another conflicts."""
+    item = put(outbox, "k1")
+    leased = must_claim(outbox)
+    assert outbox.ack(leased.id, leased.lease_token or "")
+    again = put(outbox, "k1")
+    assert (again.id, again.state) == (item.id, ItemState.DELIVERED)
+    assert outbox.depth() == 0
+    with pytest.raises(IdempotencyConflict):
+        put(outbox, "k1", text="other")
+
+
+def test_payload_over_the_limit_is_refused_naming_it(tmp_path: Path, clock: FakeClock) -> None:
+    """A payload over max_payload_bytes raises ValueTooLarge naming the limit; nothing queued."""
+    ob = Outbox(tmp_path / "s", clock=clock, max_payload_bytes=100)
+    try:
+        with pytest.raises(ValueTooLarge, match="100 bytes"):
+            ob.enqueue(entity="e", operation="op", payload=b"x" * 101, idempotency_key="k")
+        assert ob.depth() == 0
+    finally:
+        ob.close()
+
+
+def test_non_json_payload_is_a_type_error(outbox: Outbox) -> None:
+    """A payload that is neither bytes nor JSON is refused before anything is stored."""
+    with pytest.raises(TypeError, match="JSON"):
+        outbox.enqueue(entity="e", operation="op", payload={"x": object()}, idempotency_key="k")
+    assert outbox.depth() == 0
+
+
+def test_only_the_head_of_an_entity_is_claimable(outbox: Outbox) -> None:
+    """While an entity's first item is leased, its second item is not handed out."""
+    first = put(outbox, "k1", entity="chat:c1")
+    put(outbox, "k2", entity="chat:c1")
+    assert must_claim(outbox).id == first.id
+    assert claim(outbox, "w2") is None
+
+
+def test_other_entities_proceed_while_one_is_leased(outbox: Outbox) -> None:
+    """A leased head of one entity does not block another entity."""
+    put(outbox, "k1", entity="chat:c1")
+    other = put(outbox, "k2", entity="chat:c2")
+    must_claim(outbox)
+    assert must_claim(outbox, "w2").id == other.id
+
+
+def test_ack_releases_the_next_item_of_the_entity(outbox: Outbox) -> None:
+    """After ack, the entity's next item is claimable and depth drops."""
+    put(outbox, "k1")
+    second = put(outbox, "k2")
+    first = must_claim(outbox)
+    assert outbox.ack(first.id, first.lease_token or "") is True
+    assert outbox.depth() == 1
+    assert must_claim(outbox).id == second.id
+
+
+def test_expired_lease_is_reclaimed_and_stale_ack_refused(outbox: Outbox, clock: FakeClock) -> None:
+    """After the lease runs out another worker gets the item; the old token can no longer ack."""
+    put(outbox, "k1")
+    first = must_claim(outbox, "w1", lease=10)
+    clock.advance(5)
+    assert claim(outbox, "w2") is None
+    clock.advance(6)
+    second = must_claim(outbox, "w2")
+    assert second.id == first.id
+    assert second.lease_token != first.lease_token
+    assert second.attempts == 2
+    assert outbox.ack(first.id, first.lease_token or "") is False
+    assert outbox.ack(second.id, second.lease_token or "") is True
+
+
+def test_late_ack_is_accepted_if_nobody_reclaimed(outbox: Outbox, clock: FakeClock) -> None:
+    """An ack after the lease expired still counts when no one else claimed the item."""
+    put(outbox, "k1")
+    item = must_claim(outbox, lease=1)
+    clock.advance(5)
+    assert outbox.ack(item.id, item.lease_token or "") is True
+    assert outbox.depth() == 0
+
+
+def test_fail_schedules_jittered_exponential_backoff(outbox: Outbox, clock: FakeClock) -> None:
+    """A retryable failure hides the item for a delay within tenacity's exponential bound."""
+    put(outbox, "k1")
+    for attempt, bound in ((1, 1.0), (2, 2.0)):
+        item = must_claim(outbox)
+        assert item.attempts == attempt
+        assert outbox.fail(item.id, item.lease_token or "", "boom") is True
+        stored = outbox.get(item.id)
+        assert stored is not None
+        delay = stored.not_before - clock.time()
+        assert 0.0 <= delay <= bound
+        assert stored.last_error == "boom"
+        clock.advance(delay + 0.001)
+
+
+def test_fail_before_backoff_ends_is_not_claimable(outbox: Outbox, clock: FakeClock) -> None:
+    """An item waiting out retry_after is skipped until then."""
+    put(outbox, "k1")
+    item = must_claim(outbox)
+    outbox.fail(item.id, item.lease_token or "", "slow down", retry_after=30)
+    clock.advance(29.9)
+    assert claim(outbox) is None
+    clock.advance(0.2)
+    assert must_claim(outbox).id == item.id
+
+
+def test_dead_letter_after_max_attempts_emits_event(outbox: Outbox, clock: FakeClock) -> None:
+    """The failure that reaches max_attempts moves the item to dead letters and tells listeners."""
+    events: list[OutboxItem] = []
+    outbox.on_dead_letter(events.append)
+    put(outbox, "k1")
+    nxt = put(outbox, "k2")
+    for _ in range(POLICY.max_attempts):
+        assert events == []
+        item = must_claim(outbox)
+        outbox.fail(item.id, item.lease_token or "", "boom", retry_after=0)
+    assert [e.idempotency_key for e in events] == ["k1"]
+    assert events[0].state is ItemState.DEAD
+    assert "max_attempts" in (events[0].dead_reason or "")
+    assert [d.idempotency_key for d in outbox.dead_letters()] == ["k1"]
+    assert must_claim(outbox).id == nxt.id
+
+
+def test_non_retryable_failure_dead_letters_at_once(outbox: Outbox) -> None:
+    """retryable=False moves the item to dead letters on the first failure."""
+    events: list[OutboxItem] = []
+    outbox.on_dead_letter(events.append)
+    put(outbox, "k1")
+    item = must_claim(outbox)
+    outbox.fail(item.id, item.lease_token or "", "Declined: card", retryable=False)
+    assert [e.id for e in events] == [item.id]
+    assert outbox.depth() == 0
+    assert outbox.dead_count() == 1
+
+
+def test_head_past_max_age_is_dead_lettered_not_sent(outbox: Outbox, clock: FakeClock) -> None:
+    """A head older than max_age_seconds is buried at claim time and the next one is returned."""
+    events: list[OutboxItem] = []
+    outbox.on_dead_letter(events.append)
+    old = put(outbox, "k1")
+    clock.advance(POLICY.max_age_seconds - 1)
+    young = put(outbox, "k2")
+    clock.advance(2)
+    assert must_claim(outbox).id == young.id
+    assert [e.id for e in events] == [old.id]
+    assert "max_age_seconds" in (events[0].dead_reason or "")
+
+
+def test_lease_lost_on_last_attempt_is_dead_lettered(outbox: Outbox, clock: FakeClock) -> None:
+    """A worker dying on the last allowed attempt leaves the item to dead letters, not a resend."""
+    put(outbox, "k1")
+    for _ in range(POLICY.max_attempts):
+        must_claim(outbox, lease=1)
+        clock.advance(2)
+    assert claim(outbox) is None
+    assert outbox.dead_count() == 1
+
+
+def test_expire_sweeps_items_behind_the_head(outbox: Outbox, clock: FakeClock) -> None:
+    """expire() buries every old unleased item, not only heads."""
+    put(outbox, "k1", entity="e1")
+    put(outbox, "k2", entity="e1")
+    clock.advance(POLICY.max_age_seconds + 1)
+    put(outbox, "k3", entity="e1")
+    assert outbox.expire() == 2
+    assert outbox.depth() == 1
+    assert must_claim(outbox).idempotency_key == "k3"
+
+
+def test_policy_is_chosen_per_operation(tmp_path: Path, clock: FakeClock) -> None:
+    """An operation with its own policy uses it; others use the default."""
+    ob = Outbox(
+        tmp_path / "s",
+        clock=clock,
+        policies={"payment.confirm": OutboxPolicy(max_attempts=1)},
+        default_policy=OutboxPolicy(max_attempts=5),
+    )
+    try:
+        ob.enqueue(entity="p", operation="payment.confirm", payload=b"1", idempotency_key="a")
+        item = must_claim(ob)
+        ob.fail(item.id, item.lease_token or "", "x", retry_after=0)
+        assert ob.dead_count() == 1
+        assert ob.policy("chat.send").max_attempts == 5
+    finally:
+        ob.close()
+
+
+def test_listener_error_does_not_undo_the_dead_letter(outbox: Outbox) -> None:
+    """A failing listener is logged; the item stays dead-lettered and later listeners run."""
+    seen: list[str] = []
+
+    def broken(item: OutboxItem) -> None:
+        raise RuntimeError("listener bug")
+
+    outbox.on_dead_letter(broken)
+    outbox.on_dead_letter(lambda item: seen.append(item.id))
+    put(outbox, "k1")
+    item = must_claim(outbox)
+    outbox.fail(item.id, item.lease_token or "", "x", retryable=False)
+    assert seen == [item.id]
+    assert outbox.dead_count() == 1
+
+
+def test_retry_dead_requeues_with_fresh_attempts(outbox: Outbox, clock: FakeClock) -> None:
+    """retry_dead puts a dead letter back, same id and key, attempts reset."""
+    put(outbox, "k1")
+    item = must_claim(outbox)
+    outbox.fail(item.id, item.lease_token or "", "x", retryable=False)
+    back = outbox.retry_dead(item.id)
+    assert back is not None
+    assert (back.id, back.attempts, back.state) == (item.id, 0, ItemState.PENDING)
+    again = must_claim(outbox)
+    assert (again.id, again.attempts) == (item.id, 1)
+    assert outbox.retry_dead("ob-unknown") is None
+
+
+def test_drop_removes_an_item_and_frees_its_entity(outbox: Outbox) -> None:
+    """drop deletes the item; the entity's next item becomes claimable."""
+    first = put(outbox, "k1")
+    second = put(outbox, "k2")
+    assert outbox.drop(first.id) is True
+    assert outbox.drop(first.id) is False
+    assert must_claim(outbox).id == second.id
+
+
+def test_list_paginates_in_enqueue_order(outbox: Outbox) -> None:
+    """list(offset, limit) pages through pending items oldest first."""
+    ids = [put(outbox, f"k{i}", entity=f"e{i}").id for i in range(25)]
+    pages = [outbox.list(offset=o, limit=10) for o in (0, 10, 20)]
+    assert [len(p) for p in pages] == [10, 10, 5]
+    assert [i.id for p in pages for i in p] == ids
+
+
+def test_policy_validation_names_the_field() -> None:
+    """Invalid policy options raise ValueError naming the field."""
+    with pytest.raises(ValueError, match="max_attempts"):
+        OutboxPolicy(max_attempts=0)
+    with pytest.raises(ValueError, match="backoff_cap"):
+        OutboxPolicy(backoff_base=10, backoff_cap=1)
+
+
+def test_corrupted_outbox_file_raises_store_error(tmp_path: Path) -> None:
+    """A garbage outbox file gives StoreError naming it at open."""
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "outbox.sqlite3").write_bytes(b"garbage" * 1000)
+    with pytest.raises(StoreError, match=r"outbox\.sqlite3"):
+        Outbox(tmp_path / "s")
+
+
+def test_threads_never_claim_one_item_twice(outbox: Outbox) -> None:
+    """Four threads claiming concurrently each get distinct items; every item is claimed."""
+    for i in range(60):
+        put(outbox, f"k{i}", entity=f"e{i}")
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def work(name: str) -> None:
+        for _ in range(100):
+            item = claim(outbox, name)
+            if item is None:
+                return
+            with lock:
+                got.append(item.id)
+
+    threads = [threading.Thread(target=work, args=(f"w{n}",)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(got) == 60
+    assert len(set(got)) == 60
+
+
+def test_processes_never_claim_one_item_twice(tmp_path: Path) -> None:
+    """Two processes draining one state_dir each claim distinct items, and together all."""
+    ob = Outbox(tmp_path / "s", durable=False)
+    for i in range(200):
+        ob.enqueue(entity=f"e{i % 20}", operation="op", payload=b"x", idempotency_key=f"k{i}")
+    ob.close()
+    code = textwrap.dedent(
+        f"""
+        from superapp_sdk.offline import Outbox
+        import sys
+        import time
+        ob = Outbox({str(tmp_path / "s")!r}, durable=False)
+        print("READY", flush=True)
+        sys.stdin.readline()
+        for _ in range(1000):
+            item = ob.claim("p", lease_seconds=300)
+            if item is None:
+                break
+            print(item.id, flush=True)
+            time.sleep(0.001)  # a send takes time; lets the other process interleave
+            ob.ack(item.id, item.lease_token)
+        ob.close()
+        """
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for p in procs:
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "READY"
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    outs = [p.communicate(timeout=60)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert all(outs), "both processes should have worked"
+    claimed = outs[0] + outs[1]
+    assert len(claimed) == 200
+    assert len(set(claimed)) == 200
+
+
+def test_worker_thread_drains_and_acks(outbox: Outbox) -> None:
+    """The thread worker sends every item once, in per-entity order, and drain returns True."""
+    sent: list[str] = []
+    for i in range(10):
+        put(outbox, f"k{i}", entity=f"e{i % 2}")
+    with OutboxWorker(outbox, lambda item: sent.append(item.idempotency_key)) as worker:
+        assert worker.drain(timeout=10) is True
+    assert sorted(sent) == sorted(f"k{i}" for i in range(10))
+    for entity in (0, 1):
+        keys = [k for k in sent if int(k[1:]) % 2 == entity]
+        assert keys == sorted(keys, key=lambda k: int(k[1:]))
+    assert outbox.depth() == 0
+
+
+class Refused(Exception):
+    retryable = False
+
+
+def test_worker_dead_letters_a_non_retryable_exception(outbox: Outbox) -> None:
+    """A sender exception with retryable=False dead-letters the item with its message."""
+
+    def sender(item: OutboxItem) -> None:
+        raise Refused("unknown recipient")
+
+    put(outbox, "k1")
+    with OutboxWorker(outbox, sender) as worker:
+        assert worker.drain(timeout=10) is True
+    dead = outbox.dead_letters()
+    assert [d.last_error for d in dead] == ["Refused: unknown recipient"]
+
+
+def test_worker_retries_after_backoff_when_woken(outbox: Outbox, clock: FakeClock) -> None:
+    """A failed send is retried once its backoff has passed and the worker is woken."""
+    calls: list[int] = []
+
+    def sender(item: OutboxItem) -> None:
+        calls.append(item.attempts)
+        if len(calls) == 1:
+            raise ConnectionError("down")
+
+    put(outbox, "k1")
+    with OutboxWorker(outbox, sender, poll_floor=0.05) as worker:
+        assert worker.drain(timeout=0.3) is False
+        clock.advance(POLICY.backoff_cap)
+        worker.wake()
+        assert worker.drain(timeout=10) is True
+    assert calls == [1, 2]
+
+
+async def test_async_worker_drains(outbox: Outbox) -> None:
+    """The asyncio worker awaits the sender for every item and drains the outbox."""
+    sent: list[str] = []
+
+    async def sender(item: OutboxItem) -> None:
+        sent.append(item.idempotency_key)
+
+    for i in range(5):
+        put(outbox, f"k{i}", entity="e")
+    async with AsyncOutboxWorker(outbox, sender) as worker:
+        assert await worker.drain(timeout=10) is True
+    assert sent == [f"k{i}" for i in range(5)]

@@ -1,0 +1,330 @@
+"""DiskStore: key/value with TTL on the injected clock, atomic updates, private files, errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from superapp_sdk import StoreError
+from superapp_sdk.store import DiskStore, Store, ValueTooLarge
+from superapp_sdk.testing import FakeClock
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: FakeClock) -> Iterator[DiskStore]:
+    s = DiskStore(tmp_path / "state", clock=clock)
+    yield s
+    s.close()
+
+
+def test_satisfies_the_store_protocol(store: DiskStore) -> None:
+    """DiskStore and its namespaces are Stores."""
+    assert isinstance(store, Store)
+    assert isinstance(store.namespace("x"), Store)
+
+
+def test_set_then_get_round_trips_bytes(store: DiskStore) -> None:
+    """A stored value reads back byte for byte."""
+    store.set("k", b"\x00value\xff")
+    assert store.get("k") == b"\x00value\xff"
+
+
+def test_missing_key_reads_none(store: DiskStore) -> None:
+    """An absent key reads as None."""
+    assert store.get("nope") is None
+
+
+def test_ttl_follows_the_injected_clock(store: DiskStore, clock: FakeClock) -> None:
+    """A key expires when the injected clock passes its TTL, not before."""
+    store.set("k", b"v", ttl=10)
+    clock.advance(9.9)
+    assert store.get("k") == b"v"
+    clock.advance(0.2)
+    assert store.get("k") is None
+
+
+def test_delete_reports_presence(store: DiskStore) -> None:
+    """delete returns True only for a present key and removes it."""
+    store.set("k", b"v")
+    assert store.delete("k") is True
+    assert store.delete("k") is False
+    assert store.get("k") is None
+
+
+def test_add_only_when_absent(store: DiskStore) -> None:
+    """add stores a value once and refuses while the key exists."""
+    assert store.add("k", b"first") is True
+    assert store.add("k", b"second") is False
+    assert store.get("k") == b"first"
+
+
+def test_add_succeeds_over_an_expired_key(store: DiskStore, clock: FakeClock) -> None:
+    """An expired key counts as absent for add."""
+    store.set("k", b"old", ttl=1)
+    clock.advance(2)
+    assert store.add("k", b"new") is True
+    assert store.get("k") == b"new"
+
+
+def test_compare_and_set_replaces_only_on_match(store: DiskStore) -> None:
+    """compare_and_set swaps only when the current value equals expected."""
+    assert store.compare_and_set("k", None, b"1") is True
+    assert store.compare_and_set("k", b"0", b"2") is False
+    assert store.compare_and_set("k", b"1", b"2") is True
+    assert store.get("k") == b"2"
+
+
+def test_incr_counts_from_zero(store: DiskStore) -> None:
+    """incr treats an absent key as 0 and returns the new value."""
+    assert store.incr("n") == 1
+    assert store.incr("n", 5) == 6
+    assert store.get("n") == b"6"
+
+
+def test_incr_is_atomic_across_threads(store: DiskStore) -> None:
+    """Concurrent increments from several threads are never lost."""
+
+    def bump() -> None:
+        for _ in range(50):
+            store.incr("n")
+
+    threads = [threading.Thread(target=bump) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert store.get("n") == b"200"
+
+
+def test_incr_is_atomic_across_processes(tmp_path: Path) -> None:
+    """Two processes incrementing one key through DiskStore lose no update."""
+    code = textwrap.dedent(
+        f"""
+        from superapp_sdk.store import DiskStore
+        s = DiskStore({str(tmp_path / "state")!r}, durable=False)
+        for _ in range(100):
+            s.incr("n")
+        s.close()
+        """
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO) for _ in range(2)]
+    for p in procs:
+        assert p.wait(60) == 0
+    s = DiskStore(tmp_path / "state")
+    try:
+        assert s.get("n") == b"200"
+    finally:
+        s.close()
+
+
+def test_namespaces_do_not_collide(store: DiskStore) -> None:
+    """The same key in two namespaces holds two values."""
+    a, b = store.namespace("a"), store.namespace("b")
+    a.set("k", b"A")
+    b.set("k", b"B")
+    assert (a.get("k"), b.get("k"), store.get("k")) == (b"A", b"B", None)
+    assert store.get("a:k") == b"A"
+
+
+def test_nested_namespace_prefixes_both_names(store: DiskStore) -> None:
+    """A namespace inside a namespace prefixes keys with both names."""
+    store.namespace("a").namespace("b").set("k", b"v")
+    assert store.get("a:b:k") == b"v"
+
+
+def test_values_over_the_cap_are_refused_naming_the_limit(tmp_path: Path) -> None:
+    """A value larger than max_value_bytes raises ValueTooLarge naming the limit."""
+    s = DiskStore(tmp_path / "state", max_value_bytes=1000)
+    try:
+        with pytest.raises(ValueTooLarge, match="1000 bytes") as info:
+            s.set("k", b"x" * 1001)
+        assert info.value.limit == 1000
+        assert s.get("k") is None
+        s.set("k", b"x" * 1000)
+        assert s.get("k") == b"x" * 1000
+    finally:
+        s.close()
+
+
+def test_values_survive_reopening(tmp_path: Path) -> None:
+    """A value written by one DiskStore is read by the next one on the same directory."""
+    s = DiskStore(tmp_path / "state")
+    s.set("k", b"v")
+    s.close()
+    s = DiskStore(tmp_path / "state")
+    try:
+        assert s.get("k") == b"v"
+    finally:
+        s.close()
+
+
+def test_directories_are_0700_and_files_0600(tmp_path: Path) -> None:
+    """Everything created under state_dir is private, whatever the umask."""
+    old = os.umask(0o022)
+    try:
+        s = DiskStore(tmp_path / "state")
+        s.set("k", b"v")
+        db = s.sqlite_file("extra")
+        with db.transaction("test") as con:
+            con.execute("CREATE TABLE IF NOT EXISTS t (x)")
+        modes = {
+            p.relative_to(tmp_path): stat.S_IMODE(p.stat().st_mode)
+            for p in [tmp_path / "state", *(tmp_path / "state").rglob("*")]
+        }
+        db.close()
+        s.close()
+    finally:
+        os.umask(old)
+    assert modes, "nothing was created"
+    for path, mode in modes.items():
+        expected = 0o700 if (tmp_path / path).is_dir() else 0o600
+        assert mode == expected, f"{path} has mode {oct(mode)}"
+    assert any(str(p).endswith("-wal") for p in modes)
+
+
+def test_loose_permissions_are_tightened_on_open(tmp_path: Path) -> None:
+    """An existing state_dir with group/other access is narrowed to 0700."""
+    (tmp_path / "state").mkdir(mode=0o755)
+    (tmp_path / "state").chmod(0o755)
+    DiskStore(tmp_path / "state").close()
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+
+
+def test_garbage_state_file_raises_store_error_naming_it(tmp_path: Path) -> None:
+    """A state file that is not a database gives StoreError with its path."""
+    DiskStore(tmp_path / "state").close()
+    db = tmp_path / "state" / "kv" / "cache.db"
+    for side in db.parent.glob("cache.db-*"):
+        side.unlink()
+    db.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="corrupted") as info:
+        DiskStore(tmp_path / "state")
+    assert str(db) in str(info.value)
+    assert info.value.path == str(db)
+
+
+def _open_and_read(state: Path, count: int) -> None:
+    s = DiskStore(state)
+    try:
+        for i in range(count):
+            s.get(f"k{i}")
+    finally:
+        s.close()
+
+
+def test_truncated_state_file_raises_store_error_naming_it(tmp_path: Path) -> None:
+    """A state file cut short gives StoreError with its path, not a crash or empty read."""
+    s = DiskStore(tmp_path / "state")
+    for i in range(2000):
+        s.set(f"k{i}", os.urandom(300))
+    s.close()
+    db = tmp_path / "state" / "kv" / "cache.db"
+    assert not Path(f"{db}-wal").exists() or Path(f"{db}-wal").stat().st_size == 0
+    with db.open("r+b") as f:
+        f.truncate(db.stat().st_size // 3)
+    with pytest.raises(StoreError) as info:
+        _open_and_read(tmp_path / "state", 2000)
+    assert str(db) in str(info.value)
+
+
+def test_state_dir_that_is_a_file_raises_store_error(tmp_path: Path) -> None:
+    """A state_dir path occupied by a regular file gives StoreError naming it."""
+    (tmp_path / "state").write_text("oops")
+    with pytest.raises(StoreError, match="state"):
+        DiskStore(tmp_path / "state")
+
+
+def _unshare_available() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=10, check=False)
+    return probe.returncode == 0
+
+
+needs_unshare = pytest.mark.skipif(
+    not _unshare_available(), reason="needs unshare -rm (user + mount namespaces)"
+)
+
+
+def _run_in_mount_ns(tmp_path: Path, setup: str, code: str) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "probe.py"
+    script.write_text(textwrap.dedent(code))
+    shell = f"{setup} && exec {sys.executable} {script}"
+    return subprocess.run(
+        ["unshare", "-rm", "sh", "-c", shell],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        check=False,
+    )
+
+
+@needs_unshare
+def test_read_only_state_dir_raises_store_error_naming_it(tmp_path: Path) -> None:
+    """A state directory on a read-only mount gives StoreError naming the path on write."""
+    state = tmp_path / "ro"
+    DiskStore(state).close()
+    result = _run_in_mount_ns(
+        tmp_path,
+        f"mount --bind {state} {state} && mount -o remount,bind,ro {state}",
+        f"""
+        from superapp_sdk import StoreError
+        from superapp_sdk.store import DiskStore
+        try:
+            s = DiskStore({str(state)!r})
+            s.set("k", b"v")
+        except StoreError as exc:
+            print("STORE-ERROR", exc)
+        else:
+            print("WROTE")
+        """,
+    )
+    assert "STORE-ERROR" in result.stdout, result.stdout + result.stderr
+    assert str(state) in result.stdout
+
+
+@needs_unshare
+def test_full_disk_raises_store_error_and_keeps_earlier_values(tmp_path: Path) -> None:
+    """Writing to a full filesystem raises StoreError naming the path; nothing is faked."""
+    state = tmp_path / "small"
+    state.mkdir()
+    result = _run_in_mount_ns(
+        tmp_path,
+        f"mount -t tmpfs -o size=512k tmpfs {state}",
+        f"""
+        import os
+        from superapp_sdk import StoreError
+        from superapp_sdk.store import DiskStore
+        s = DiskStore({str(state / "s")!r})
+        written = 0
+        try:
+            for i in range(10_000):
+                s.set(f"k{{i}}", os.urandom(4000))
+                written += 1
+        except StoreError as exc:
+            print("STORE-ERROR", exc)
+            print("READBACK", s.get("k0") is not None)
+        print("WRITTEN", written)
+        """,
+    )
+    assert "STORE-ERROR" in result.stdout, result.stdout + result.stderr
+    assert "disk is full" in result.stdout
+    assert str(state / "s") in result.stdout
+    assert "READBACK True" in result.stdout
