@@ -149,7 +149,7 @@ async def _failing_app(scope: object, receive: object, send: object) -> None:
 @pytest.mark.network
 def test_uvicorn_startup_failure_raises() -> None:
     """An app whose lifespan startup fails makes start() raise RuntimeError."""
-    server = UvicornServer(_failing_app, lifespan="on", startup_timeout=5.0)  # type: ignore[arg-type]
+    server = UvicornServer(_failing_app, lifespan="on", startup_timeout=5.0)
     with pytest.raises(RuntimeError, match="failed to start"):
         server.start()
     assert repr(server).endswith("not started)")
