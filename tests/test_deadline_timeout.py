@@ -1,0 +1,269 @@
+"""The overall deadline and the adaptive per-try timeout."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import tenacity
+
+from superapp_sdk._errors import NoAnswer, OperationTimeout, ProviderConnectError
+from superapp_sdk.core.latency import LatencyTracker
+from superapp_sdk.resilience import CallContext, Deadline, Hedge, Pipeline, Retry, Timeout
+from superapp_sdk.testing import FakeClock
+
+
+def _bound(timeout: Timeout, samples: list[float]) -> Timeout:
+    """Bind ``timeout`` to a pipeline whose tracker holds exactly ``samples``."""
+    latency = LatencyTracker(refresh_every=1)
+    for s in samples:
+        latency.record(s)
+    Pipeline(timeout, timer=FakeClock(), latency=latency)
+    return timeout
+
+
+# -- adaptive timeout ------------------------------------------------------------------
+
+
+def test_timeout_is_the_maximum_until_min_samples() -> None:
+    """With fewer than ``min_samples`` latencies the configured maximum is used."""
+    t = _bound(Timeout(1.0, min_samples=20), [0.01] * 19)
+    assert t.current() == 1.0
+
+
+def test_timeout_adapts_to_the_p99_after_min_samples() -> None:
+    """Once enough samples exist the timeout is multiplier x p99."""
+    t = _bound(Timeout(1.0, multiplier=3.0, min_samples=20), [0.1] * 20)
+    assert t.current() == pytest.approx(0.3)
+
+
+def test_adaptive_timeout_uses_the_percentile_not_the_mean() -> None:
+    """One slow outlier in a hundred sets the p99 and so the timeout."""
+    samples = [0.01] * 98 + [0.2, 0.2]
+    t = _bound(Timeout(1.0, multiplier=2.0, percentile=0.99, min_samples=20), samples)
+    assert t.current() == pytest.approx(0.4)
+
+
+def test_adaptive_timeout_is_clamped_to_the_floor() -> None:
+    """A very fast provider still gets at least ``floor`` seconds."""
+    t = _bound(Timeout(1.0, floor=0.05, min_samples=5), [0.001] * 5)
+    assert t.current() == 0.05
+
+
+def test_adaptive_timeout_is_clamped_to_the_maximum() -> None:
+    """A slow provider never gets more than ``seconds``."""
+    t = _bound(Timeout(1.0, min_samples=5), [0.8] * 5)
+    assert t.current() == 1.0
+
+
+def test_fixed_timeout_ignores_latency() -> None:
+    """``adaptive=False`` always gives ``seconds``."""
+    t = _bound(Timeout(10.0, adaptive=False, min_samples=1), [0.01] * 50)
+    assert t.current() == 10.0
+
+
+def test_successful_tries_feed_the_latency_tracker() -> None:
+    """Each successful try records its duration on the pipeline's tracker."""
+    clock = FakeClock()
+    p = Pipeline(Timeout(1.0), timer=clock, latency=LatencyTracker(refresh_every=1))
+
+    def fn(ctx: CallContext) -> str:
+        clock.advance(0.25)
+        return "ok"
+
+    for _ in range(3):
+        p.call(fn)
+    assert p.latency.count == 3
+    assert p.latency.percentile(1.0) == 0.25
+
+
+def test_failed_tries_do_not_feed_the_latency_tracker() -> None:
+    """A failure's duration says nothing about healthy latency and is not recorded."""
+    p = Pipeline(Timeout(1.0), timer=FakeClock())
+
+    def fn(ctx: CallContext) -> str:
+        raise ProviderConnectError("x")
+
+    with pytest.raises(ProviderConnectError):
+        p.call(fn)
+    assert p.latency.count == 0
+
+
+def test_ctx_timeout_is_the_per_try_timeout() -> None:
+    """The callable sees the per-try timeout in ``ctx.timeout``."""
+    seen: list[float | None] = []
+    Pipeline(Timeout(0.7), timer=FakeClock()).call(lambda ctx: seen.append(ctx.timeout))
+    assert seen == [0.7]
+
+
+def test_ctx_timeout_is_clamped_by_the_deadline() -> None:
+    """A deadline shorter than the per-try timeout wins."""
+    seen: list[float | None] = []
+    Pipeline(Deadline(0.3), Timeout(1.0), timer=FakeClock()).call(
+        lambda ctx: seen.append(ctx.timeout)
+    )
+    assert seen == [0.3]
+
+
+def test_ctx_timeout_shrinks_as_retries_use_up_the_deadline() -> None:
+    """Each retry gets only what is left of the deadline."""
+    clock = FakeClock()
+    seen: list[float | None] = []
+
+    def fn(ctx: CallContext) -> str:
+        seen.append(ctx.timeout)
+        raise ProviderConnectError("x")
+
+    p = Pipeline(Deadline(1.0), Retry(5, wait=tenacity.wait_fixed(0.4)), Timeout(1.0), timer=clock)
+    with pytest.raises(ProviderConnectError):
+        p.call(fn)
+    assert seen == pytest.approx([1.0, 0.6, 0.2])
+
+
+def test_nested_deadline_keeps_the_earlier_one() -> None:
+    """An inner deadline cannot extend an outer, shorter one."""
+    seen: list[float | None] = []
+    p = Pipeline(Deadline(0.5), Deadline(5.0), timer=FakeClock())
+    p.call(lambda ctx: seen.append(ctx.deadline))
+    assert seen == [0.5]
+
+
+def test_deadline_is_relative_to_the_timer() -> None:
+    """The deadline is measured on the pipeline's clock."""
+    clock = FakeClock(start=100.0)
+    seen: list[float | None] = []
+    Pipeline(Deadline(2.0), timer=clock).call(lambda ctx: seen.append(ctx.deadline))
+    assert seen == [102.0]
+
+
+def test_operation_timeout_is_a_timeout_error() -> None:
+    """OperationTimeout is a retryable NoAnswer and a builtin TimeoutError."""
+    exc = OperationTimeout("x")
+    assert isinstance(exc, TimeoutError)
+    assert isinstance(exc, NoAnswer)
+    assert exc.retryable
+
+
+# -- async cancellation (real, small timeouts) -----------------------------------------
+
+
+async def test_async_hanging_try_is_cancelled_at_the_timeout() -> None:
+    """A try that never answers is cancelled at its timeout with OperationTimeout."""
+    cancelled = asyncio.Event()
+
+    async def hang(ctx: CallContext) -> str:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "never"
+
+    p = Pipeline(Timeout(0.05), name="kakao", timer=FakeClock())
+    async with asyncio.timeout(5):
+        with pytest.raises(OperationTimeout) as info:
+            await p.acall(hang, operation="talk.send")
+    assert isinstance(info.value, TimeoutError)
+    assert cancelled.is_set()
+    assert info.value.provider == "kakao"
+    assert info.value.operation == "talk.send"
+
+
+async def test_async_adaptive_timeout_cancels_at_the_learned_timeout() -> None:
+    """After fast answers, a hanging try gets the floor, not the configured maximum."""
+    latency = LatencyTracker(refresh_every=1)
+    for _ in range(20):
+        latency.record(0.001)
+    seen: list[float | None] = []
+
+    async def hang(ctx: CallContext) -> str:
+        seen.append(ctx.timeout)
+        await asyncio.Event().wait()
+        return "never"
+
+    p = Pipeline(Timeout(30.0, floor=0.05), timer=FakeClock(), latency=latency)
+    async with asyncio.timeout(5):
+        with pytest.raises(OperationTimeout):
+            await p.acall(hang)
+    assert seen == [0.05]
+
+
+async def test_async_deadline_cancels_a_slow_call() -> None:
+    """A call that sleeps longer than the deadline is cancelled with OperationTimeout."""
+    finished: list[bool] = []
+
+    async def slow(ctx: CallContext) -> str:
+        await asyncio.sleep(10)
+        finished.append(True)
+        return "late"
+
+    p = Pipeline(Deadline(0.05), timer=FakeClock())
+    async with asyncio.timeout(5):
+        with pytest.raises(OperationTimeout, match="deadline"):
+            await p.acall(slow)
+    assert finished == []
+
+
+async def test_async_deadline_with_hedge_inside_is_enforced() -> None:
+    """With a hedge inside, the deadline itself cancels the call."""
+
+    async def slow(ctx: CallContext) -> str:
+        await asyncio.sleep(10)
+        return "late"
+
+    p = Pipeline(Deadline(0.05), Hedge(initial_delay=0.01), Timeout(30.0), timer=FakeClock())
+    async with asyncio.timeout(5):
+        with pytest.raises(OperationTimeout):
+            await p.acall(slow)
+
+
+async def test_async_fast_call_is_not_cancelled() -> None:
+    """A call well within both limits returns its value."""
+
+    async def fast(ctx: CallContext) -> str:
+        await asyncio.sleep(0)
+        return "ok"
+
+    p = Pipeline(Deadline(5.0), Timeout(5.0), timer=FakeClock())
+    assert await p.acall(fast) == "ok"
+
+
+async def test_async_timeout_error_from_the_callable_is_an_operation_timeout() -> None:
+    """An OperationTimeout raised by the callable itself is passed on unchanged."""
+    original = OperationTimeout("provider said timeout")
+
+    async def fn(ctx: CallContext) -> str:
+        raise original
+
+    p = Pipeline(Deadline(5.0), Timeout(5.0), timer=FakeClock())
+    with pytest.raises(OperationTimeout) as info:
+        await p.acall(fn)
+    assert info.value is original
+
+
+# -- options ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"seconds": 0}, "seconds"),
+        ({"seconds": 1.0, "multiplier": 0.5}, "multiplier"),
+        ({"seconds": 1.0, "percentile": 0}, "percentile"),
+        ({"seconds": 1.0, "percentile": 1.5}, "percentile"),
+        ({"seconds": 1.0, "floor": 2.0}, "floor"),
+        ({"seconds": 1.0, "floor": 0}, "floor"),
+        ({"seconds": 1.0, "min_samples": 0}, "min_samples"),
+    ],
+)
+def test_invalid_timeout_options_name_the_field(kwargs: dict[str, float], field: str) -> None:
+    """Invalid Timeout options raise ValueError naming the field."""
+    with pytest.raises(ValueError, match=rf"Timeout\.{field} must be"):
+        Timeout(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seconds", [0, -1.0, float("nan")])
+def test_invalid_deadline_is_refused(seconds: float) -> None:
+    """A deadline must be a positive number of seconds."""
+    with pytest.raises(ValueError, match=r"Deadline\.seconds must be > 0"):
+        Deadline(seconds)
