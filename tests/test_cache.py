@@ -125,4 +125,4 @@ def test_invalid_staleness_is_refused(store: DiskStore) -> None:
 def test_non_json_value_is_a_type_error(cache: ReadCache) -> None:
     """A value that is neither bytes nor JSON is refused."""
     with pytest.raises(TypeError, match="JSON"):
-        cache.put("k", {"x": object()}, operation="op")  # type: ignore[dict-item]
+        cache.put("k", {"x": object()}, operation="op")
