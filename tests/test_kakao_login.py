@@ -17,8 +17,12 @@ from superapp_sdk._errors import (
     Unauthorized,
 )
 from superapp_sdk.capabilities._common import Capability
-from superapp_sdk.providers._http import Flow
+from superapp_sdk.providers._http import Flow, arun_call
 from superapp_sdk.providers.kakao.login import KakaoLogin
+from superapp_sdk.testing import FakeClock
+from superapp_sdk.testing.kakao._asgi import App
+from superapp_sdk.testing.kakao.identity import IdentityState
+from superapp_sdk.testing.kakao.identity import routes as identity_routes
 
 T = TypeVar("T")
 
@@ -369,3 +373,106 @@ def test_jwks_5xx_is_a_retryable_provider_error() -> None:
     error = fails(login().jwks(), httpx.Response(503, json={"msg": "down", "code": -7}))
     assert isinstance(error, ProviderError)
     assert error.retryable
+
+
+# -- the simulated Kakao Login, through the adapter -----------------------------------------
+
+
+class Sim:
+    """The simulated Kakao Login behind an in-process ASGI transport."""
+
+    def __init__(self) -> None:
+        self.clock = FakeClock()
+        self.state = IdentityState(clock=self.clock)
+        self.state.register_client("rest-key", client_secret="s3cret", redirect_uris=[REDIRECT])
+        self.state.add_user("42", nickname="Kim")
+        self.app = App(identity_routes(self.state))
+        self.login = login()
+
+    async def run(self, flow: Flow[T]) -> T:
+        transport = httpx.ASGITransport(app=self.app)
+        async with httpx.AsyncClient(transport=transport) as client:
+            return await arun_call(client, flow, provider="kakao.login", operation="identity.op")
+
+    async def get(self, path: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=self.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://sim") as client:
+            return await client.get(path)
+
+
+async def test_simulator_code_expires() -> None:
+    """An authorization code older than its lifetime is declined (KOE320)."""
+    sim = Sim()
+    code = sim.state.issue_code("42", "n", REDIRECT, "rest-key")
+    sim.clock.advance(601)
+    with pytest.raises(Declined) as info:
+        await sim.run(sim.login.exchange_code(code=code))
+    assert info.value.code == "KOE320"
+
+
+async def test_simulator_rotates_refresh_token_only_near_expiry() -> None:
+    """A refresh returns a new refresh token only when less than a month is left."""
+    sim = Sim()
+    tokens = await sim.run(
+        sim.login.exchange_code(code=sim.state.issue_code("42", "n", REDIRECT, "rest-key"))
+    )
+    assert tokens.refresh_token is not None
+    early = await sim.run(sim.login.refresh(refresh_token=tokens.refresh_token))
+    assert early.refresh_token is None
+    sim.clock.advance(40 * 86400)
+    late = await sim.run(sim.login.refresh(refresh_token=tokens.refresh_token))
+    assert late.refresh_token is not None
+    with pytest.raises(Declined):
+        await sim.run(sim.login.refresh(refresh_token=tokens.refresh_token))
+
+
+async def test_simulator_revoked_access_token_is_unauthorized() -> None:
+    """userinfo after revocation answers -401."""
+    sim = Sim()
+    tokens = await sim.run(
+        sim.login.exchange_code(code=sim.state.issue_code("42", "n", REDIRECT, "rest-key"))
+    )
+    sim.state.revoke(tokens.access_token)
+    with pytest.raises(Unauthorized) as info:
+        await sim.run(sim.login.userinfo(access_token=tokens.access_token))
+    assert info.value.code == "-401"
+
+
+async def test_simulator_unregistered_redirect_uri_is_refused() -> None:
+    """The authorize endpoint refuses a redirect URI the app did not register (KOE006)."""
+    sim = Sim()
+    url = login(redirect_uri="https://evil.example/cb").authorize_url(state="s", nonce="n").url
+    response = await sim.get(url.removeprefix("http://sim"))
+    assert response.status_code == 400
+    assert response.json()["error_code"] == "KOE006"
+
+
+async def test_simulator_publishes_openid_configuration() -> None:
+    """Discovery names Kakao's issuer, JWKS URI and RS256."""
+    sim = Sim()
+    document = (await sim.get("/kauth/.well-known/openid-configuration")).json()
+    assert document["issuer"] == "https://kauth.kakao.com"
+    assert document["jwks_uri"] == "https://kauth.kakao.com/.well-known/jwks.json"
+    assert document["id_token_signing_alg_values_supported"] == ["RS256"]
+
+
+async def test_simulator_refuses_unsupported_grant_type() -> None:
+    """A grant type Kakao does not offer is an invalid request."""
+    sim = Sim()
+    transport = httpx.ASGITransport(app=sim.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://sim") as client:
+        response = await client.post(
+            "/kauth/oauth/token", data={"grant_type": "password", "client_id": "rest-key"}
+        )
+    assert response.status_code == 400
+    assert response.json()["error"] == "unsupported_grant_type"
+
+
+async def test_simulator_retired_key_disappears_from_jwks() -> None:
+    """Rotating with retire_old publishes only the new key."""
+    sim = Sim()
+    old = sim.state.signing_kid
+    new = sim.state.rotate_keys(retire_old=True)
+    kids = [key["kid"] for key in (await sim.run(sim.login.jwks()))["keys"]]
+    assert kids == [new]
+    assert old not in kids

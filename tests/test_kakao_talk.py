@@ -17,9 +17,12 @@ from superapp_sdk._errors import (
     Unauthorized,
 )
 from superapp_sdk.capabilities._common import Capability
-from superapp_sdk.providers._http import Flow
+from superapp_sdk.providers._http import Flow, arun_call
 from superapp_sdk.providers.kakao.talk import KakaoTalk
 from superapp_sdk.testing import FakeClock
+from superapp_sdk.testing.kakao._asgi import App
+from superapp_sdk.testing.kakao.chat import ChatState
+from superapp_sdk.testing.kakao.chat import routes as chat_routes
 
 T = TypeVar("T")
 
@@ -230,3 +233,55 @@ def test_empty_idempotency_key_is_refused() -> None:
     """Every send needs an idempotency key."""
     with pytest.raises(ValueError, match="idempotency_key"):
         next(talk().send(to="u", text="t", conversation=None, idempotency_key=""))
+
+
+# -- the simulated KakaoTalk API, through the adapter ------------------------------------
+
+
+async def simulated_send(state: ChatState, to: str, text: str = "hi") -> Any:
+    adapter = talk(api_base_url="http://sim/kapi")
+    transport = httpx.ASGITransport(app=App(chat_routes(state)))
+    async with httpx.AsyncClient(transport=transport) as client:
+        flow = adapter.send(to=to, text=text, conversation=None, idempotency_key="k")
+        return await arun_call(client, flow, provider=adapter.name, operation="chat.send")
+
+
+def sim_state(**options: Any) -> ChatState:
+    state = ChatState(clock=FakeClock(), **options)
+    state.add_account("sender-token", user="me", friends=["uuid-1", "uuid-2"])
+    return state
+
+
+async def test_simulator_daily_quota_is_rate_limited() -> None:
+    """The simulator's -532 after the daily quota reaches the caller as RateLimited."""
+    state = sim_state(daily_quota=1)
+    await simulated_send(state, "uuid-1")
+    with pytest.raises(RateLimited) as info:
+        await simulated_send(state, "uuid-2")
+    assert info.value.code == "-532"
+    assert [d.receiver_uuid for d in state.deliveries()] == ["uuid-1"]
+
+
+async def test_simulator_receiver_refusing_messages_is_declined() -> None:
+    """A receiver with reception off gets nothing and the send is declined (-530)."""
+    state = sim_state()
+    state.refuse_messages("uuid-1")
+    with pytest.raises(Declined) as info:
+        await simulated_send(state, "uuid-1")
+    assert info.value.code == "-530"
+    assert state.deliveries() == []
+
+
+async def test_simulator_refuses_text_over_template_limit() -> None:
+    """Text beyond the text template's 200 characters is an invalid request (-2)."""
+    with pytest.raises(InvalidRequest):
+        await simulated_send(sim_state(), "uuid-1", text="x" * 201)
+
+
+async def test_simulator_records_the_template() -> None:
+    """Each delivery keeps sender, receiver and the template sent."""
+    state = sim_state()
+    await simulated_send(state, "uuid-2", text="안녕")
+    (delivery,) = state.deliveries(to="uuid-2")
+    assert (delivery.sender, delivery.text) == ("me", "안녕")
+    assert delivery.template["object_type"] == "text"
