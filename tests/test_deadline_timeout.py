@@ -10,6 +10,7 @@ import tenacity
 from superapp_sdk._errors import NoAnswer, OperationTimeout, ProviderConnectError
 from superapp_sdk.core.latency import LatencyTracker
 from superapp_sdk.resilience import CallContext, Deadline, Hedge, Pipeline, Retry, Timeout
+from superapp_sdk.resilience._base import NO_RETRY_ATTR
 from superapp_sdk.testing import FakeClock
 
 
@@ -267,3 +268,40 @@ def test_invalid_deadline_is_refused(seconds: float) -> None:
     """A deadline must be a positive number of seconds."""
     with pytest.raises(ValueError, match=r"Deadline\.seconds must be > 0"):
         Deadline(seconds)
+
+
+async def test_timed_out_try_is_retried() -> None:
+    """A try cancelled at its timeout is retried like any other timeout."""
+    tries: list[int] = []
+
+    async def hang(ctx: CallContext) -> str:
+        tries.append(ctx.attempt)
+        await asyncio.Event().wait()
+        return "never"
+
+    p = Pipeline(Retry(2, wait=tenacity.wait_none()), Timeout(0.02, floor=0.01), timer=FakeClock())
+    async with asyncio.timeout(5):
+        with pytest.raises(OperationTimeout):
+            await p.acall(hang)
+    assert tries == [1, 2]
+
+
+async def test_timed_out_try_marked_do_not_retry_is_not_retried() -> None:
+    """A callable that marks its cancellation "may have executed" is not tried again."""
+    tries: list[int] = []
+
+    async def send_once(ctx: CallContext) -> str:
+        tries.append(ctx.attempt)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError as exc:
+            setattr(exc, NO_RETRY_ATTR, True)
+            raise
+        return "never"
+
+    p = Pipeline(Retry(3, wait=tenacity.wait_none()), Timeout(0.02, floor=0.01), timer=FakeClock())
+    async with asyncio.timeout(5):
+        with pytest.raises(OperationTimeout) as info:
+            await p.acall(send_once)
+    assert tries == [1]
+    assert getattr(info.value, NO_RETRY_ATTR) is True

@@ -29,6 +29,7 @@ from superapp_sdk.core.breaker import BreakerMachine, BreakerMetrics, BreakerOpt
 from superapp_sdk.core.budget import RetryBudget
 from superapp_sdk.core.latency import LatencyTracker
 from superapp_sdk.resilience._base import (
+    NO_RETRY_ATTR,
     AsyncNext,
     CallContext,
     CallRejected,
@@ -681,11 +682,16 @@ class Timeout(_Bound):
         except TimeoutError as exc:
             if isinstance(exc, OperationTimeout):
                 raise
-            raise OperationTimeout(
+            err = OperationTimeout(
                 f"try timed out after {t:.3g}s",
                 provider=self._name or None,
                 operation=ctx.operation or None,
-            ) from exc
+            )
+            # The callable may have marked its cancellation "may have executed, do not
+            # retry" (a non-idempotent request already sent); the timeout keeps that mark.
+            if getattr(exc.__cause__ or exc.__context__, NO_RETRY_ATTR, False):
+                setattr(err, NO_RETRY_ATTR, True)
+            raise err from exc
         assert self.host is not None
         self.host.latency.record(self.host.timer.monotonic() - start)
         return result
