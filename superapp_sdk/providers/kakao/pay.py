@@ -41,7 +41,10 @@ approvals, cancels or subscription charges. Every write still takes an
 payments single by persisting that key per order before the first send and by asking
 :meth:`KakaoPay.status` (the ``order`` endpoint) before retrying or failing over any
 write whose outcome is unknown. A second approval of the same ``tid`` is refused by
-KakaoPay itself (-702).
+KakaoPay itself (-702). One gap remains: the ``order`` endpoint looks payments up by
+``tid`` only, and a subscription charge's ``tid`` arrives in its answer, so a ``charge``
+whose answer was lost cannot be looked up; the SDK must treat it as possibly executed and
+never fail it over to another provider.
 
 Merchant codes: ``cid`` serves one-time payments, ``subscription_cid`` serves recurring
 ones (``ready(..., recurring=True)`` issues a ``sid`` on approval; ``charge`` uses it). A
