@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from superapp_sdk._errors import CircuitOpen
+from superapp_sdk._errors import CircuitOpen, OperationTimeout
 from superapp_sdk.core.breaker import BreakerOptions, BreakerState
 from superapp_sdk.resilience import (
     AsyncResilientTransport,
@@ -313,3 +314,54 @@ async def test_async_breaker_opens_and_stops_calling(clock: FakeClock) -> None:
         with pytest.raises(CircuitOpen):
             await client.get(URL)
     assert len(script.requests) == 2
+
+
+# -- async per-try timeout -------------------------------------------------------------
+
+
+def _hanging(seen: list[httpx.Request]) -> httpx.MockTransport:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        await asyncio.Event().wait()
+        return httpx.Response(200)
+
+    return httpx.MockTransport(handler)
+
+
+def _timing_out(clock: FakeClock) -> Pipeline:
+    return Pipeline(Retry(3), Timeout(0.05), name="kakao", timer=clock)
+
+
+async def test_async_get_cut_by_the_per_try_timeout_is_retried(clock: FakeClock) -> None:
+    """A GET that hangs is cancelled at the per-try timeout and tried again."""
+    seen: list[httpx.Request] = []
+    transport = AsyncResilientTransport(_hanging(seen), pipeline=_timing_out(clock))
+    async with httpx.AsyncClient(transport=transport) as client, asyncio.timeout(5):
+        with pytest.raises(OperationTimeout):
+            await client.get(URL)
+    assert len(seen) == 3
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="AsyncResilientTransport must mark the cancelled try of a non-idempotent request "
+    "(NO_RETRY_ATTR on the CancelledError) so the per-try timeout does not resend it",
+)
+async def test_async_post_cut_by_the_per_try_timeout_is_not_resent(clock: FakeClock) -> None:
+    """A POST without a key that was sent and then timed out is never sent again."""
+    seen: list[httpx.Request] = []
+    transport = AsyncResilientTransport(_hanging(seen), pipeline=_timing_out(clock))
+    async with httpx.AsyncClient(transport=transport) as client, asyncio.timeout(5):
+        with pytest.raises(OperationTimeout):
+            await client.post(URL, json={"amount": 1000})
+    assert len(seen) == 1
+
+
+async def test_async_keyed_post_cut_by_the_per_try_timeout_is_retried(clock: FakeClock) -> None:
+    """A POST with an Idempotency-Key may be sent again after a timeout, with its key."""
+    seen: list[httpx.Request] = []
+    transport = AsyncResilientTransport(_hanging(seen), pipeline=_timing_out(clock))
+    async with httpx.AsyncClient(transport=transport) as client, asyncio.timeout(5):
+        with pytest.raises(OperationTimeout):
+            await client.post(URL, json={}, headers={"Idempotency-Key": "k-2"})
+    assert [r.headers["idempotency-key"] for r in seen] == ["k-2"] * 3
