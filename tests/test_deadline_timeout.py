@@ -305,3 +305,35 @@ async def test_timed_out_try_marked_do_not_retry_is_not_retried() -> None:
             await p.acall(send_once)
     assert tries == [1]
     assert getattr(info.value, NO_RETRY_ATTR) is True
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Timeout learns only from successes: once a provider slows past multiplier x its "
+    "old p99, every try times out, nothing is recorded and the timeout never grows back",
+)
+def test_adaptive_timeout_recovers_when_the_provider_slows_down() -> None:
+    """A provider that slows from 20 ms to 100 ms (under the 1 s maximum) is served again."""
+    clock = FakeClock()
+    p = Pipeline(Timeout(1.0, min_samples=20), timer=clock)
+    latency = 0.02
+
+    def call(ctx: CallContext) -> str:
+        assert ctx.timeout is not None
+        if ctx.timeout < latency:
+            clock.advance(ctx.timeout)
+            raise OperationTimeout("read timed out")
+        clock.advance(latency)
+        return "ok"
+
+    for _ in range(100):
+        p.call(call)
+    latency = 0.1
+    answered = 0
+    for _ in range(200):
+        try:
+            p.call(call)
+            answered += 1
+        except OperationTimeout:
+            pass
+    assert answered > 0
