@@ -313,6 +313,7 @@ class BreakerMachine:
             self._probe_successes += 1
             if self._probe_successes >= self.options.half_open_successes:
                 self.consecutive_opens = 0
+                self.open_until = None
                 self._window.reset()
                 self._to(BreakerState.CLOSED, now, "half-open probes succeeded")
             return
@@ -320,16 +321,20 @@ class BreakerMachine:
             return
         window = self._window
         window.record(failed, slow, now)
-        if state is BreakerState.CLOSED and (failed or slow):
+        # Judged after successes too: the call that brings the window to
+        # ``minimum_calls`` may be a success while the failures already reach the rate.
+        if state is BreakerState.CLOSED:
             self._judge(window.totals(now), now)
 
     def _judge(self, totals: WindowTotals, now: float) -> None:
         opts = self.options
         if totals.calls < opts.minimum_calls:
             return
-        if totals.failures and totals.failures >= opts.failure_rate * totals.calls:
+        # Compare the rates themselves: ``failures >= rate * calls`` misses the threshold
+        # by rounding (7 of 25 calls is 0.28, but 0.28 * 25 == 7.000000000000001).
+        if totals.failure_rate >= opts.failure_rate:
             self._open(now, f"failure rate {totals.failure_rate:.0%} over {totals.calls} calls")
-        elif totals.slow and totals.slow >= opts.slow_call_rate * totals.calls:
+        elif totals.slow_rate >= opts.slow_call_rate:
             self._open(now, f"slow-call rate {totals.slow_rate:.0%} over {totals.calls} calls")
 
     # -- manual control ----------------------------------------------------------------
@@ -383,7 +388,10 @@ class BreakerMachine:
     def open_duration(self) -> float:
         """The open time the next opening would use, before jitter."""
         opts = self.options
-        grown = opts.open_seconds * opts.open_backoff ** max(0, self.consecutive_opens)
+        try:
+            grown = opts.open_seconds * opts.open_backoff ** max(0, self.consecutive_opens)
+        except OverflowError:  # an outage of thousands of failed recoveries
+            return opts.max_open_seconds
         return min(grown, opts.max_open_seconds)
 
     def _open(self, now: float, reason: str) -> None:
