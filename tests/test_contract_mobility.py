@@ -16,7 +16,7 @@ from typing import TypeVar
 import httpx
 import pytest
 
-from superapp_sdk._errors import Declined, IdempotencyConflict, ProviderError
+from superapp_sdk._errors import Declined, IdempotencyConflict, ProviderError, Unauthorized
 from superapp_sdk.capabilities._common import Capability
 from superapp_sdk.capabilities.mobility import (
     Estimate,
@@ -383,3 +383,132 @@ def test_sync_rental_end_refusal_over_loopback(
     )
     with pytest.raises(Declined):
         run_call(http, call, provider=provider.name, operation="mobility.end_rental", timeout=10)
+
+
+# -- the Kakao Mobility simulator itself -------------------------------------------------
+
+
+@pytest.fixture
+def kakao_sim() -> tuple[MobilityState, App]:
+    state = MobilityState(clock=FakeClock())
+    return state, App(routes(state))
+
+
+async def test_simulator_refuses_malformed_coordinates_like_the_navi_api(
+    kakao_sim: tuple[MobilityState, App],
+) -> None:
+    """A coordinate that is not x,y gets 400 {"code": -2, "msg": ...}."""
+    state, app = kakao_sim
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+        answer = await http.get(
+            "http://kakao.sim/mobility/v1/directions",
+            params={"origin": "Pangyo", "destination": "127.0276,37.4979"},
+            headers={"Authorization": f"KakaoAK {state.rest_api_key}"},
+        )
+    assert answer.status_code == 400
+    assert answer.json()["code"] == -2
+    assert "origin" in answer.json()["msg"]
+
+
+async def test_simulator_refuses_a_wrong_key(kakao_sim: tuple[MobilityState, App]) -> None:
+    """A wrong KakaoAK key is Unauthorized through the adapter."""
+    _, app = kakao_sim
+    mobility = KakaoMobility(rest_api_key="wrong", mobility_base_url="http://kakao.sim/mobility")
+    call = mobility.estimate(origin=Place(37.40, 127.10), destination=Place(37.49, 127.02))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+        with pytest.raises(Unauthorized):
+            await arun_call(http, call, provider=mobility.name, operation="mobility.estimate")
+
+
+async def test_simulator_no_route_answers_result_code_1(
+    kakao_sim: tuple[MobilityState, App],
+) -> None:
+    """With no_route set, directions answer result_code 1, a Declined with code '1'."""
+    state, app = kakao_sim
+    state.no_route = True
+    mobility = KakaoMobility(
+        rest_api_key=state.rest_api_key, mobility_base_url="http://kakao.sim/mobility"
+    )
+    call = mobility.estimate(origin=Place(37.40, 127.10), destination=Place(37.49, 127.02))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+        with pytest.raises(Declined) as caught:
+            await arun_call(http, call, provider=mobility.name, operation="mobility.estimate")
+    assert caught.value.code == "1"
+
+
+async def test_simulator_sends_sections_unless_summary_is_asked(
+    kakao_sim: tuple[MobilityState, App],
+) -> None:
+    """summary=true leaves the sections out, as the Navi API does."""
+    state, app = kakao_sim
+    params = {"origin": "127.10,37.40", "destination": "127.02,37.49"}
+    headers = {"Authorization": f"KakaoAK {state.rest_api_key}"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+        full = await http.get(
+            "http://kakao.sim/mobility/v1/directions", params=params, headers=headers
+        )
+        short = await http.get(
+            "http://kakao.sim/mobility/v1/directions",
+            params={**params, "summary": "true"},
+            headers=headers,
+        )
+    assert "sections" in full.json()["routes"][0]
+    assert "sections" not in short.json()["routes"][0]
+    assert full.json()["routes"][0]["summary"] == short.json()["routes"][0]["summary"]
+
+
+async def test_simulator_requires_an_idempotency_key_on_writes(
+    kakao_sim: tuple[MobilityState, App],
+) -> None:
+    """A ride request without Idempotency-Key is invalid_request and books nothing."""
+    state, app = kakao_sim
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+        answer = await http.post(
+            "http://kakao.sim/mobility/v1/rides",
+            json={
+                "rider": "u",
+                "origin": {"lat": 37.40, "lng": 127.10},
+                "destination": {"lat": 37.49, "lng": 127.02},
+            },
+            headers={"Authorization": f"KakaoAK {state.rest_api_key}"},
+        )
+    assert (answer.status_code, answer.json()["code"]) == (400, "invalid_request")
+    assert state.rides == {}
+
+
+async def test_simulator_marks_replayed_answers(kakao_sim: tuple[MobilityState, App]) -> None:
+    """A replayed write carries Idempotent-Replayed: true, like Stripe."""
+    state, app = kakao_sim
+    url = "http://kakao.sim/mobility/v1/rides"
+    ride = {
+        "rider": "u",
+        "origin": {"lat": 37.40, "lng": 127.10},
+        "destination": {"lat": 37.49, "lng": 127.02},
+    }
+    headers = {"Authorization": f"KakaoAK {state.rest_api_key}", "Idempotency-Key": "k"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+        first = await http.post(url, json=ride, headers=headers)
+        again = await http.post(url, json=ride, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json()
+
+
+async def test_simulator_records_ended_rentals(kakao_sim: tuple[MobilityState, App]) -> None:
+    """The simulator keeps each ended rental's receipt, with a per-minute fare."""
+    state, app = kakao_sim
+    start = state.clock.time()
+    state.start_rental("scooter-1", started_at=start)
+    mobility = KakaoMobility(
+        rest_api_key=state.rest_api_key, mobility_base_url="http://kakao.sim/mobility"
+    )
+    call = mobility.end_rental(
+        rental_id="scooter-1", location=Place(37.49, 127.02), at=start + 600, idempotency_key="e"
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+        receipt = await arun_call(http, call, provider=mobility.name, operation="end")
+    ended = state.rentals_ended()
+    assert ended["scooter-1"]["receipt_id"] == receipt.receipt_id
+    assert receipt.fare is not None
+    assert receipt.fare.amount == state.unlock_fare + 10 * state.per_minute_fare

@@ -432,3 +432,167 @@ def test_sync_declined_charge_over_loopback(
     with pytest.raises(Declined):
         run_call(http, call, provider=provider.name, operation="payment.charge", timeout=10)
     assert harness.successful_charges("order-9") == 0
+
+
+# -- the KakaoPay simulator itself -------------------------------------------------------
+
+
+@pytest.fixture
+def kakao_sim() -> tuple[PaymentState, App, FakeClock]:
+    clock = FakeClock()
+    state = PaymentState(clock=clock)
+    return state, App(routes(state)), clock
+
+
+async def test_simulator_refuses_a_wrong_secret_key_with_kakaopay_body(
+    kakao_sim: tuple[PaymentState, App, FakeClock],
+) -> None:
+    """A wrong SECRET_KEY gets 401 and KakaoPay's error body."""
+    _, app, _ = kakao_sim
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+        answer = await http.post(
+            "http://kakao.sim/pay/online/v1/payment/order",
+            json={"cid": "TC0ONETIME", "tid": "T1"},
+            headers={"Authorization": "SECRET_KEY wrong"},
+        )
+    assert answer.status_code == 401
+    assert answer.json()["error_code"] == -401
+
+
+async def test_simulator_refuses_a_form_body(
+    kakao_sim: tuple[PaymentState, App, FakeClock],
+) -> None:
+    """The open API takes JSON; a form body is an invalid parameter (-2)."""
+    state, app, _ = kakao_sim
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+        answer = await http.post(
+            "http://kakao.sim/pay/online/v1/payment/ready",
+            data={"cid": "TC0ONETIME"},
+            headers={"Authorization": f"SECRET_KEY {state.secret_key}"},
+        )
+    assert (answer.status_code, answer.json()["error_code"]) == (400, -2)
+
+
+async def test_simulator_redirects_the_user_with_the_pg_token(
+    kakao_sim: tuple[PaymentState, App, FakeClock],
+) -> None:
+    """After the user approves, the return URL carries kakaopay=approve and pg_token."""
+    state, app, _ = kakao_sim
+    pay = KakaoPay(secret_key=state.secret_key, pay_base_url="http://kakao.sim/pay")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+        checkout = await arun_call(
+            http,
+            pay.ready(
+                order_id="order-1",
+                amount=Money(1000),
+                item_name="tea",
+                user_id="user-1",
+                return_url=RETURN_URL,
+                idempotency_key="k",
+            ),
+            provider=pay.name,
+            operation="payment.ready",
+        )
+    token = state.authorize(checkout.provider_ref)
+    redirect = httpx.URL(state.approval_redirect(checkout.provider_ref))
+    assert redirect.params["kakaopay"] == "approve"
+    assert redirect.params["order_id"] == "order-1"
+    assert redirect.params["pg_token"] == token
+
+
+async def test_simulator_quit_payment_reads_as_failed(
+    kakao_sim: tuple[PaymentState, App, FakeClock],
+) -> None:
+    """A user who closes the KakaoPay window leaves a FAILED payment."""
+    state, app, _ = kakao_sim
+    pay = KakaoPay(secret_key=state.secret_key, pay_base_url="http://kakao.sim/pay")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+
+        async def run(call: Call[T]) -> T:
+            return await arun_call(http, call, provider=pay.name, operation="payment")
+
+        checkout = await run(
+            pay.ready(
+                order_id="order-1",
+                amount=Money(1000),
+                item_name="tea",
+                user_id="user-1",
+                return_url=RETURN_URL,
+                idempotency_key="k",
+            )
+        )
+        state.quit(checkout.provider_ref)
+        payment = await run(pay.status(order_id="order-1", provider_ref=checkout.provider_ref))
+    assert payment.status is PaymentStatus.FAILED
+
+
+async def test_simulator_recurring_approval_issues_a_usable_sid(
+    kakao_sim: tuple[PaymentState, App, FakeClock],
+) -> None:
+    """A recurring first payment issues a sid that later charges use."""
+    state, app, _ = kakao_sim
+    pay = KakaoPay(secret_key=state.secret_key, pay_base_url="http://kakao.sim/pay")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+
+        async def run(call: Call[T]) -> T:
+            return await arun_call(http, call, provider=pay.name, operation="payment")
+
+        checkout = await run(
+            pay.ready(
+                order_id="sub-1",
+                amount=Money(9_900),
+                item_name="plan",
+                user_id="user-1",
+                return_url=RETURN_URL,
+                idempotency_key="k",
+                recurring=True,
+            )
+        )
+        token = state.authorize(checkout.provider_ref)
+        first = await run(
+            pay.approve(
+                order_id="sub-1",
+                approval=Approval(checkout.provider_ref, token, "user-1"),
+                user_id="user-1",
+                idempotency_key="k",
+            )
+        )
+        assert first.billing_key is not None
+        assert state.sids("user-1") == [first.billing_key]
+        second = await run(
+            pay.charge(
+                order_id="sub-2",
+                amount=Money(9_900),
+                item_name="plan",
+                user_id="user-1",
+                billing_key=first.billing_key,
+                idempotency_key="k2",
+            )
+        )
+    assert second.status is PaymentStatus.APPROVED
+    assert [c.kind for c in state.ledger["sub-1"] + state.ledger["sub-2"]] == [
+        "approve",
+        "subscription",
+    ]
+
+
+async def test_simulator_refuses_a_deactivated_sid(
+    kakao_sim: tuple[PaymentState, App, FakeClock],
+) -> None:
+    """A deactivated sid is declined with -751."""
+    state, app, _ = kakao_sim
+    pay = KakaoPay(secret_key=state.secret_key, pay_base_url="http://kakao.sim/pay")
+    sid = state.issue_sid("user-1")
+    state.deactivate_sid(sid)
+    call = pay.charge(
+        order_id="o",
+        amount=Money(100),
+        item_name="x",
+        user_id="user-1",
+        billing_key=sid,
+        idempotency_key="k",
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+        with pytest.raises(Declined) as caught:
+            await arun_call(http, call, provider=pay.name, operation="payment.charge")
+    assert caught.value.code == "-751"
