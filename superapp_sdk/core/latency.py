@@ -20,7 +20,16 @@ class LatencyTracker:
     is O(1) amortised.
     """
 
-    __slots__ = ("_dirty", "_next", "_ring", "_sorted", "count", "refresh_every", "size")
+    __slots__ = (
+        "_dirty",
+        "_next",
+        "_ring",
+        "_sorted",
+        "count",
+        "refresh_every",
+        "size",
+        "version",
+    )
 
     def __init__(self, size: int = 256, *, refresh_every: int = 16) -> None:
         if size < 1:
@@ -35,6 +44,8 @@ class LatencyTracker:
         self._dirty = 0
         #: Samples recorded in total (not only those still in the ring).
         self.count = 0
+        #: Changes whenever percentiles may have changed; lets readers cache derived values.
+        self.version = 0
 
     def record(self, seconds: float) -> None:
         """Add one latency sample; negative or non-finite values are ignored."""
@@ -50,6 +61,7 @@ class LatencyTracker:
         if self._dirty >= self.refresh_every or len(self._ring) <= self.refresh_every:
             self._sorted = sorted(self._ring)
             self._dirty = 0
+            self.version += 1
 
     def samples(self) -> int:
         """How many samples the ring currently holds."""
@@ -70,6 +82,7 @@ class LatencyTracker:
         self._ring.clear()
         self._sorted = []
         self._next = self._dirty = self.count = 0
+        self.version += 1
 
     def __repr__(self) -> str:
         return f"LatencyTracker(size={self.size}, samples={len(self._ring)})"

@@ -13,6 +13,7 @@ from superapp_sdk.resilience._base import (
     Timer,
     default_failure,
     default_retryable,
+    retryable_unless_timeout,
 )
 from superapp_sdk.resilience._pipeline import Pipeline
 from superapp_sdk.resilience._router import (
@@ -65,5 +66,6 @@ __all__ = [
     "arun_hedged",
     "default_failure",
     "default_retryable",
+    "retryable_unless_timeout",
     "run_hedged",
 ]

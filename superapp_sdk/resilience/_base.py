@@ -29,6 +29,7 @@ __all__ = [
     "Timer",
     "default_failure",
     "default_retryable",
+    "retryable_unless_timeout",
 ]
 
 T = TypeVar("T")
@@ -79,6 +80,7 @@ class CallContext:
         probe: whether this call may serve as a half-open probe (``None``: the
             breaker's default).
         max_timeout: a cap on the per-try timeout (a short probe timeout).
+        last_resort: no other provider is left to fail over to.
     """
 
     __slots__ = (
@@ -87,6 +89,7 @@ class CallContext:
         "attempt",
         "deadline",
         "hedged",
+        "last_resort",
         "max_timeout",
         "operation",
         "probe",
@@ -103,6 +106,7 @@ class CallContext:
         self.hedged = False
         self.probe: bool | None = None
         self.max_timeout: float | None = None
+        self.last_resort = False
 
     def remaining(self, now: float) -> float | None:
         """Seconds left before the deadline, or ``None`` without one."""
@@ -118,6 +122,7 @@ class CallContext:
         c.hedged = self.hedged
         c.probe = self.probe
         c.max_timeout = self.max_timeout
+        c.last_resort = self.last_resort
         return c
 
     def __repr__(self) -> str:
@@ -193,6 +198,14 @@ def default_retryable(exc: BaseException) -> bool:
     if isinstance(exc, NoAnswer):
         return exc.retryable
     return isinstance(exc, httpx.TransportError | TimeoutError | ConnectionError)
+
+
+def retryable_unless_timeout(exc: BaseException) -> bool:
+    """:func:`default_retryable` minus timeouts: for a provider with alternates, a try that
+    timed out is better failed over than retried, which would wait the timeout again."""
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+        return False
+    return default_retryable(exc)
 
 
 # -- the strategy protocol -------------------------------------------------------------

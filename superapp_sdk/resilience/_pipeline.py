@@ -106,6 +106,7 @@ class Pipeline:
         operation: str = "",
         probe: bool | None = None,
         max_timeout: float | None = None,
+        last_resort: bool = True,
     ) -> T:
         """Run ``fn`` through the pipeline.
 
@@ -113,10 +114,12 @@ class Pipeline:
             operation: a name for events and errors.
             probe: whether this call may be a half-open probe (default: the breaker's).
             max_timeout: a cap on the per-try timeout (a short probe timeout).
+            last_resort: False when a router has another provider to fail over to.
         """
         ctx = CallContext(operation)
         ctx.probe = probe
         ctx.max_timeout = max_timeout
+        ctx.last_resort = last_resort
         ctx._fn = fn
         return self._sync(ctx)  # type: ignore[no-any-return]
 

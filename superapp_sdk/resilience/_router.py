@@ -271,10 +271,18 @@ class Router(Generic[P]):
             eligible.append((r, ""))
         return eligible, probes, domain_probes
 
-    def _options(self, mode: str) -> dict[str, Any]:
-        if not mode:
-            return {}
-        return {"probe": mode == "probe", "max_timeout": self.probe_timeout}
+    @staticmethod
+    def _options(
+        item: tuple[Route[P], str], eligible: list[tuple[Route[P], str]]
+    ) -> dict[str, Any]:
+        route, mode = item
+        options: dict[str, Any] = {"last_resort": route is eligible[-1][0]}
+        if mode:
+            options["probe"] = mode == "probe"
+        return options
+
+    def _probe_cap(self, mode: str) -> dict[str, Any]:
+        return {"max_timeout": self.probe_timeout} if mode else {}
 
     def _claim_probe(self, key: str) -> bool:
         with self._lock:
@@ -357,7 +365,12 @@ class Router(Generic[P]):
             r, mode = item
             start = self.timer.monotonic()
             try:
-                value = r.pipeline.call(make(r), operation=operation, **self._options(mode))
+                value = r.pipeline.call(
+                    make(r),
+                    operation=operation,
+                    **self._options(item, eligible),
+                    **self._probe_cap(mode),
+                )
             except Exception as exc:
                 elapsed = self.timer.monotonic() - start
                 with lock:
@@ -512,7 +525,12 @@ class Router(Generic[P]):
             r, mode = item
             start = self.timer.monotonic()
             try:
-                value = await r.pipeline.acall(make(r), operation=operation, **self._options(mode))
+                value = await r.pipeline.acall(
+                    make(r),
+                    operation=operation,
+                    **self._options(item, eligible),
+                    **self._probe_cap(mode),
+                )
             except Exception as exc:
                 attempts.append(Attempt(r.name, type(exc).__name__, self.timer.monotonic() - start))
                 self._record(r, exc, mode)

@@ -471,6 +471,20 @@ class _WaitRetryAfter(tenacity.wait.wait_base):
         return wait
 
 
+class _RetryIf(tenacity.retry_base):
+    """tenacity's retry predicate, asking :meth:`Retry.should_retry` with the call's context."""
+
+    def __init__(self, retry: Retry) -> None:
+        self.retry = retry
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        outcome = retry_state.outcome
+        if outcome is None or not outcome.failed:
+            return False
+        exc = outcome.exception()
+        return exc is not None and self.retry.should_retry(retry_state.args[0], exc)
+
+
 class Retry(_Bound):
     """Retries with exponential backoff and full jitter, as a tenacity loop.
 
@@ -493,6 +507,7 @@ class Retry(_Bound):
         "budget_denied",
         "host",
         "retry_on",
+        "retry_on_last_resort",
         "timer",
         "wait",
     )
@@ -504,6 +519,7 @@ class Retry(_Bound):
         budget: SharedBudget | RetryBudget | None = None,
         wait: tenacity.wait.wait_base | None = None,
         retry_on: Callable[[BaseException], bool] = default_retryable,
+        retry_on_last_resort: Callable[[BaseException], bool] = default_retryable,
         timer: Timer | None = None,
     ) -> None:
         if attempts < 1:
@@ -512,6 +528,7 @@ class Retry(_Bound):
         self.budget = SharedBudget(budget) if isinstance(budget, RetryBudget) else budget
         self.wait = wait or tenacity.wait_random_exponential(multiplier=0.05, max=2.0)
         self.retry_on = retry_on
+        self.retry_on_last_resort = retry_on_last_resort
         self.timer = timer
         self.budget_denied = 0
         self._retrying: tenacity.Retrying | None = None
@@ -528,7 +545,7 @@ class Retry(_Bound):
         return {
             "stop": tenacity.stop_any(*stops),
             "wait": _WaitRetryAfter(self.wait),
-            "retry": tenacity.retry_if_exception(self.retry_on),
+            "retry": _RetryIf(self),
             "before_sleep": self._before_sleep,
             "reraise": True,
         }
@@ -542,6 +559,16 @@ class Retry(_Bound):
             RetryScheduled(self._name, ctx.operation, retry_state.attempt_number + 1, wait, error)
         )
 
+    def should_retry(self, ctx: CallContext, exc: BaseException) -> bool:
+        """Whether ``exc`` is worth another try of this call.
+
+        With no alternate left (``ctx.last_resort``), the wider ``retry_on_last_resort``
+        applies: a timeout is better retried than turned into ``Unavailable``.
+        """
+        if ctx.last_resort:
+            return self.retry_on_last_resort(exc)
+        return self.retry_on(exc)
+
     def _deposit(self) -> None:
         if self.budget is not None:
             self.budget.deposit(_timer(self.host, self.timer).monotonic())
@@ -552,7 +579,7 @@ class Retry(_Bound):
         try:
             return nxt(ctx)
         except Exception as exc:
-            if self.attempts == 1 or not self.retry_on(exc):
+            if self.attempts == 1 or not self.should_retry(ctx, exc):
                 raise
             first: list[BaseException] = [exc]
         if self._retrying is None:
@@ -574,7 +601,7 @@ class Retry(_Bound):
         try:
             return await nxt(ctx)
         except Exception as exc:
-            if self.attempts == 1 or not self.retry_on(exc):
+            if self.attempts == 1 or not self.should_retry(ctx, exc):
                 raise
             first: list[BaseException] = [exc]
         if self._asyncer is None:
@@ -608,7 +635,16 @@ class Timeout(_Bound):
     async ones are also cancelled when it passes.
     """
 
-    __slots__ = ("adaptive", "floor", "host", "min_samples", "multiplier", "percentile", "seconds")
+    __slots__ = (
+        "_cached",
+        "adaptive",
+        "floor",
+        "host",
+        "min_samples",
+        "multiplier",
+        "percentile",
+        "seconds",
+    )
 
     def __init__(
         self,
@@ -636,15 +672,24 @@ class Timeout(_Bound):
         self.percentile = percentile
         self.floor = floor
         self.min_samples = min_samples
+        self._cached: tuple[int, float] = (-1, seconds)
 
     def current(self, latency: LatencyTracker | None = None) -> float:
         """The per-try timeout a call would get now."""
         tracker = latency if latency is not None else (self.host.latency if self.host else None)
-        if not self.adaptive or tracker is None or tracker.samples() < self.min_samples:
+        if not self.adaptive or tracker is None:
             return self.seconds
-        p = tracker.percentile(self.percentile)
-        assert p is not None
-        return min(self.seconds, max(self.floor, p * self.multiplier))
+        version, value = self._cached
+        if version == tracker.version:
+            return value
+        if tracker.samples() < self.min_samples:
+            value = self.seconds
+        else:
+            p = tracker.percentile(self.percentile)
+            assert p is not None
+            value = min(self.seconds, max(self.floor, p * self.multiplier))
+        self._cached = (tracker.version, value)
+        return value
 
     def _prepare(self, ctx: CallContext) -> tuple[float, float]:
         assert self.host is not None

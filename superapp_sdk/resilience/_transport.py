@@ -10,6 +10,9 @@ the caller, as httpx would have. Transport errors are raised as httpx raised the
 unless the pipeline refused the call (``CircuitOpen``, ``BulkheadFull``) or the deadline
 passed (``OperationTimeout``).
 
+Response bodies are read inside each try, under its timeout, so an answer is judged
+whole; the transport is meant for API calls, not for streaming large downloads.
+
 Non-idempotent requests (POST, PATCH) are retried only when they carry an
 ``Idempotency-Key`` header, or when the error proves the request never left (a refused
 connection), as stripe-python does.
@@ -101,11 +104,15 @@ class ResilientTransport(httpx.BaseTransport):
             _with_timeout(request, ctx)
             try:
                 response = inner.handle_request(request)
+                # The body is read inside the try, under its timeout: an answer is judged
+                # (and its latency measured) whole, and a stall mid-body is retried.
+                response.read()
             except httpx.TransportError as exc:
                 raise _mark(exc, retryable) from None
+            finally:
+                if "response" in locals():
+                    response.close()
             if response.status_code in statuses:
-                response.read()
-                response.close()
                 raise FailedResponse(response, retryable=retryable)
             return response
 
@@ -145,11 +152,13 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
             _with_timeout(request, ctx)
             try:
                 response = await inner.handle_async_request(request)
+                await response.aread()
             except httpx.TransportError as exc:
                 raise _mark(exc, retryable) from None
+            finally:
+                if "response" in locals():
+                    await response.aclose()
             if response.status_code in statuses:
-                await response.aread()
-                await response.aclose()
                 raise FailedResponse(response, retryable=retryable)
             return response
 
