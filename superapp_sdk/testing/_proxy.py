@@ -24,7 +24,8 @@ import socket
 import struct
 import threading
 from types import TracebackType
-from typing import Self
+from collections.abc import Coroutine
+from typing import Any, Self
 
 __all__ = ["Burn", "FaultProxy"]
 
@@ -96,10 +97,9 @@ class FaultProxy:
         self.port = sock.getsockname()[1]
         self._server = await asyncio.start_server(self._handle, sock=sock, backlog=256)
 
-    def _call(self, coro_fn: object) -> None:
+    def _call(self, coro: Coroutine[Any, Any, None]) -> None:
         assert self._loop is not None
-        fut = asyncio.run_coroutine_threadsafe(coro_fn, self._loop)  # type: ignore[arg-type]
-        fut.result(10)
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
 
     def set(self, mode: Burn) -> None:
         """Switch mode; takes effect for new and open connections."""
@@ -203,6 +203,9 @@ class FaultProxy:
         except (ConnectionError, OSError):
             pass
 
+    def _passing(self) -> bool:
+        return self._mode is Burn.PASS and not self._closing
+
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self._resume is not None
         try:
@@ -210,10 +213,10 @@ class FaultProxy:
                 data = await reader.read(65536)
                 if not data:
                     break
-                if self._mode is not Burn.PASS:
+                if not self._passing():
                     # A dark data center: keep the connection, answer nothing.
                     await self._resume.wait()
-                    if self._mode is not Burn.PASS or self._closing:
+                    if not self._passing():
                         break
                 writer.write(data)
                 await writer.drain()
