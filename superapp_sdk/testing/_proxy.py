@@ -23,8 +23,8 @@ import enum
 import socket
 import struct
 import threading
-from types import TracebackType
 from collections.abc import Coroutine
+from types import TracebackType
 from typing import Any, Self
 
 __all__ = ["Burn", "FaultProxy"]
