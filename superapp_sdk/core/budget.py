@@ -3,12 +3,15 @@ retry storm.
 
 Follows Finagle's ``RetryBudget``: every request deposits ``ratio`` of a token, every
 retry withdraws one, and a small reserve (``min_retries_per_second`` for ``ttl_seconds``)
-lets a quiet client still retry. Deposits and withdrawals expire after ``ttl_seconds``,
-so a burst of old traffic cannot fund a storm now. One budget is shared by every
-provider of a failure domain: when Kakao burns, every Kakao capability draws on one
-budget, and the total retry traffic it receives is bounded by::
+lets a quiet client still retry. Deposits and withdrawals expire after ``ttl_seconds``
+(to within a tenth of it: the counter forgets one of ten buckets at a time), so a burst
+of old traffic cannot fund a storm now. One budget is shared by every provider of a
+failure domain: when Kakao burns, every Kakao capability draws on one budget, and the
+retry traffic it receives is bounded, at every retry it grants, by::
 
-    retries(ttl) <= ratio * requests(ttl) + min_retries_per_second * ttl
+    retries(last 0.9 * ttl) <= ratio * requests(last ttl) + min_retries_per_second * ttl
+
+Over a full ``ttl`` the bucket granularity lets the reserve be spent up to twice.
 """
 
 from __future__ import annotations
