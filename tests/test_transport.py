@@ -342,11 +342,6 @@ async def test_async_get_cut_by_the_per_try_timeout_is_retried(clock: FakeClock)
     assert len(seen) == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="AsyncResilientTransport must mark the cancelled try of a non-idempotent request "
-    "(NO_RETRY_ATTR on the CancelledError) so the per-try timeout does not resend it",
-)
 async def test_async_post_cut_by_the_per_try_timeout_is_not_resent(clock: FakeClock) -> None:
     """A POST without a key that was sent and then timed out is never sent again."""
     seen: list[httpx.Request] = []

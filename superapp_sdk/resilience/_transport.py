@@ -20,6 +20,7 @@ connection), as stripe-python does.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection
 from typing import Any
 
@@ -155,6 +156,12 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
                 await response.aread()
             except httpx.TransportError as exc:
                 raise _mark(exc, retryable) from None
+            except asyncio.CancelledError as exc:
+                # Cut by the per-try timeout after the request may have left: the timeout
+                # keeps this mark, so a non-idempotent request is not sent again.
+                if not retryable:
+                    setattr(exc, NO_RETRY_ATTR, True)
+                raise
             finally:
                 if "response" in locals():
                     await response.aclose()
