@@ -109,12 +109,31 @@ def test_unclassified_error_passes_through_unretried_and_uncounted() -> None:
     assert budget.budget.balance(0.0) == budget.budget.options.reserve
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="Retry applies retry_on_last_resort (default_retryable) instead of the caller's "
+    "retry_on whenever the call is the last resort, which Pipeline.call assumes by default",
+)
 def test_custom_retry_on_decides() -> None:
     """``retry_on`` replaces the default classification."""
     log: list[int] = []
     p = Pipeline(Retry(3, retry_on=lambda e: isinstance(e, KeyError)), timer=FakeClock())
     with pytest.raises(KeyError):
         p.call(_failing(lambda: KeyError("k"), log))
+    assert log == [1, 2, 3]
+
+
+async def test_custom_retry_on_decides_in_async() -> None:
+    """The async runner honours ``retry_on`` too."""
+    log: list[int] = []
+
+    async def fn(ctx: CallContext) -> str:
+        log.append(ctx.attempt)
+        raise KeyError("k")
+
+    p = Pipeline(Retry(3, retry_on=lambda e: isinstance(e, KeyError)), timer=FakeClock())
+    with pytest.raises(KeyError):
+        await p.acall(fn)
     assert log == [1, 2, 3]
 
 
@@ -374,6 +393,32 @@ def test_payment_never_retries_an_ambiguous_error(sent: bool | None) -> None:
     p = Pipeline.for_payment("pay", timer=FakeClock())
     with pytest.raises(OperationTimeout):
         p.call(_failing(lambda: OperationTimeout("read timed out", request_sent=sent), log))
+    assert log == [1]
+
+
+@pytest.mark.parametrize("last_resort", [True, False])
+def test_payment_never_retries_an_ambiguous_error_with_or_without_alternates(
+    last_resort: bool,
+) -> None:
+    """Whether or not a router has another provider, an ambiguous payment error is final."""
+    log: list[int] = []
+    p = Pipeline.for_payment("pay", timer=FakeClock())
+    with pytest.raises(OperationTimeout):
+        p.call(_failing(lambda: OperationTimeout("read timed out"), log), last_resort=last_resort)
+    assert log == [1]
+
+
+async def test_async_payment_never_retries_an_ambiguous_error() -> None:
+    """The async payment pipeline does not retry an error after which the charge may have
+    executed."""
+    log: list[int] = []
+
+    async def fn(ctx: CallContext) -> str:
+        log.append(ctx.attempt)
+        raise OperationTimeout("read timed out")
+
+    with pytest.raises(OperationTimeout):
+        await Pipeline.for_payment("pay", timer=FakeClock()).acall(fn)
     assert log == [1]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from superapp_sdk.core.breaker import BreakerState, StateChange
 from superapp_sdk.core.latency import LatencyTracker
 from superapp_sdk.resilience._base import (
     AsyncNext,
@@ -72,6 +73,9 @@ class Pipeline:
         self.listener_errors = 0
         for s in strategies:
             s.bind(self)
+        breaker = self.breaker
+        if breaker is not None:
+            breaker.on(self._on_breaker_event)
         self._sync = self._compose_sync()
         self._async = self._compose_async()
 
@@ -130,6 +134,17 @@ class Pipeline:
         return await self._async(ctx)  # type: ignore[no-any-return]
 
     # -- events and lookup -------------------------------------------------------------
+
+    def _on_breaker_event(self, event: Event) -> None:
+        # A provider that recovered may have recovered at a new latency (a failover of
+        # its own, a slower region): forget the old samples so the adaptive timeout
+        # learns the new normal instead of cutting every call at 3x the old p99.
+        if (
+            isinstance(event, StateChange)
+            and event.new is BreakerState.CLOSED
+            and event.old is BreakerState.HALF_OPEN
+        ):
+            self.latency.reset()
 
     def on(self, listener: Listener) -> None:
         """Add a listener for every event of this pipeline."""
@@ -227,7 +242,7 @@ class Pipeline:
             Deadline(deadline),
             Bulkhead(64),
             CircuitBreaker(),
-            Retry(2, budget=budget, retry_on=_not_sent),
+            Retry(2, budget=budget, retry_on=_not_sent, retry_on_last_resort=_not_sent),
             Timeout(timeout, adaptive=False),
             name=name,
             timer=timer,
