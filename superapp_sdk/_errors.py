@@ -18,6 +18,8 @@ Errors are grouped by cause, so a caller can decide what to do from the class al
     │   ├── BudgetExhausted          the retry budget of the failure domain is spent
     │   ├── BulkheadFull             too many concurrent calls
     │   ├── IdempotencyConflict      one idempotency key, two different payloads
+    │   ├── NotApplicable            this provider cannot serve this call (no address
+    │   │                            or billing key for the user there)
     │   └── OfflineCapExceeded       an offline allowance (voucher cap, grace scope) is spent
     ├── Unavailable               nothing could serve and the call cannot be deferred;
     │                             carries every ``Attempt``
@@ -46,6 +48,7 @@ __all__ = [
     "IdempotencyConflict",
     "InvalidRequest",
     "NoAnswer",
+    "NotApplicable",
     "OfflineCapExceeded",
     "OperationTimeout",
     "ProviderConnectError",
@@ -191,6 +194,11 @@ class BulkheadFull(Rejected):
 
 class IdempotencyConflict(Rejected):
     """An idempotency key was reused with a different payload; nothing was sent."""
+
+
+class NotApplicable(Rejected):
+    """This provider cannot serve this call: the user has no address, subject or billing
+    key there, or the provider does not offer the operation. The router moves on."""
 
 
 class OfflineCapExceeded(Rejected):

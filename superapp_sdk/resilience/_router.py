@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from superapp_sdk._errors import CircuitOpen, NoAnswer, Unavailable
+from superapp_sdk._errors import CircuitOpen, NoAnswer, Rejected, Unavailable
 from superapp_sdk._outcome import Attempt
 from superapp_sdk.capabilities._common import Provider
 from superapp_sdk.core.breaker import BreakerState, StateChange
@@ -29,7 +29,7 @@ from superapp_sdk.core.routing import (
 )
 from superapp_sdk.resilience._base import CallContext, Event, SystemTimer, Timer, default_failure
 from superapp_sdk.resilience._pipeline import Pipeline
-from superapp_sdk.resilience._strategies import arun_hedged, hedge_delay, run_hedged
+from superapp_sdk.resilience._strategies import Timeout, arun_hedged, hedge_delay, run_hedged
 
 __all__ = ["DomainOpen", "OutcomeUnknown", "Route", "Routed", "Router", "SharedDetector"]
 
@@ -51,10 +51,20 @@ class OutcomeUnknown(NoAnswer):
 
 @dataclass(frozen=True, slots=True)
 class Route(Generic[P]):
-    """One provider and the pipeline its calls go through."""
+    """One provider and the pipelines its calls go through.
+
+    ``pipeline`` serves every kind of operation unless ``pipelines`` names one for the
+    kind (reads, writes and payments want different retry and timeout rules). They
+    should share the provider's breaker and latency tracker.
+    """
 
     provider: P
     pipeline: Pipeline
+    pipelines: Mapping[OperationKind, Pipeline] = field(default_factory=dict)
+
+    def for_kind(self, kind: OperationKind) -> Pipeline:
+        """The pipeline for operations of ``kind``."""
+        return self.pipelines.get(kind, self.pipeline)
 
     @property
     def name(self) -> str:
@@ -205,7 +215,9 @@ class Router(Generic[P]):
         self._probing: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         for route in self.routes:
-            route.pipeline.on(self._listener(route))
+            breaker = route.pipeline.breaker
+            if breaker is not None:
+                breaker.on(self._listener(route))
 
     # -- bookkeeping shared by the sync and async paths --------------------------------
 
@@ -365,7 +377,7 @@ class Router(Generic[P]):
             r, mode = item
             start = self.timer.monotonic()
             try:
-                value = r.pipeline.call(
+                value = r.for_kind(kind).call(
                     make(r),
                     operation=operation,
                     **self._options(item, eligible),
@@ -373,8 +385,9 @@ class Router(Generic[P]):
                 )
             except Exception as exc:
                 elapsed = self.timer.monotonic() - start
+                skipped = isinstance(exc, Rejected)
                 with lock:
-                    attempts.append(Attempt(r.name, type(exc).__name__, elapsed))
+                    attempts.append(Attempt(r.name, type(exc).__name__, elapsed, skipped))
                 self._record(r, exc, mode)
                 action = classify(
                     kind, exc, provider=r.name, operation=operation, overrides=self.classification
@@ -448,12 +461,19 @@ class Router(Generic[P]):
         err.__cause__ = exc
         return err
 
+    def _probe_ctx(self, r: Route[P], operation: str) -> CallContext:
+        # Nobody waits on a background probe, so it gets the provider's full configured
+        # timeout: a provider that came back slower than before can still prove it lives.
+        ctx = CallContext(operation + ".probe")
+        ctx.probe = True
+        timeout = r.pipeline.find(Timeout)
+        ctx.timeout = timeout.seconds if timeout is not None else self.probe_timeout
+        return ctx
+
     def _probe_once(
         self, r: Route[P], prober: MakeSync | None, *, domain: bool, operation: str
     ) -> None:
-        ctx = CallContext(operation + ".probe")
-        ctx.max_timeout = self.probe_timeout
-        ctx.timeout = self.probe_timeout
+        ctx = self._probe_ctx(r, operation)
         breaker = r.pipeline.breaker
         if domain:
             if prober is None or not self.detector.try_probe(r.domain):
@@ -525,14 +545,17 @@ class Router(Generic[P]):
             r, mode = item
             start = self.timer.monotonic()
             try:
-                value = await r.pipeline.acall(
+                value = await r.for_kind(kind).acall(
                     make(r),
                     operation=operation,
                     **self._options(item, eligible),
                     **self._probe_cap(mode),
                 )
             except Exception as exc:
-                attempts.append(Attempt(r.name, type(exc).__name__, self.timer.monotonic() - start))
+                elapsed = self.timer.monotonic() - start
+                attempts.append(
+                    Attempt(r.name, type(exc).__name__, elapsed, isinstance(exc, Rejected))
+                )
                 self._record(r, exc, mode)
                 action = classify(
                     kind, exc, provider=r.name, operation=operation, overrides=self.classification
@@ -593,14 +616,12 @@ class Router(Generic[P]):
     async def _aprobe_once(
         self, r: Route[P], prober: MakeAsync, *, domain: bool, operation: str
     ) -> None:
-        ctx = CallContext(operation + ".probe")
-        ctx.max_timeout = self.probe_timeout
-        ctx.timeout = self.probe_timeout
+        ctx = self._probe_ctx(r, operation)
         if domain:
             if not self.detector.try_probe(r.domain):
                 return
             try:
-                async with asyncio.timeout(self.probe_timeout):
+                async with asyncio.timeout(ctx.timeout):
                     await prober(r)(ctx)
             except Exception:  # noqa: BLE001 - the probe's failure is the information
                 self.detector.record(r.domain, self.capability, ok=False, probe=True)
@@ -616,7 +637,7 @@ class Router(Generic[P]):
             return
         start = breaker._now()
         try:
-            async with asyncio.timeout(self.probe_timeout):
+            async with asyncio.timeout(ctx.timeout):
                 await prober(r)(ctx)
         except BaseException as exc:
             breaker.settle(permit, start, exc)

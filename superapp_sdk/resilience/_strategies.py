@@ -95,6 +95,7 @@ class Deadline(_Bound):
     __slots__ = ("_enforced_inside", "host", "seconds")
 
     def __init__(self, seconds: float) -> None:
+        self.host: Host | None = None
         if not seconds > 0:
             raise ValueError(f"Deadline.seconds must be > 0, got {seconds!r}")
         self.seconds = seconds
@@ -155,6 +156,7 @@ class Bulkhead(_Bound):
     __slots__ = ("_cond", "_in_flight", "host", "max_concurrent", "max_wait")
 
     def __init__(self, max_concurrent: int, *, max_wait: float = 0.0) -> None:
+        self.host: Host | None = None
         if max_concurrent < 1:
             raise ValueError(f"Bulkhead.max_concurrent must be >= 1, got {max_concurrent!r}")
         if max_wait < 0:
@@ -245,7 +247,16 @@ class CircuitBreaker(_Bound):
         rng: randomness for the open-time jitter.
     """
 
-    __slots__ = ("_lock", "background_probe", "failure_on", "host", "machine", "name", "timer")
+    __slots__ = (
+        "_lock",
+        "background_probe",
+        "failure_on",
+        "host",
+        "listeners",
+        "machine",
+        "name",
+        "timer",
+    )
 
     def __init__(
         self,
@@ -257,20 +268,42 @@ class CircuitBreaker(_Bound):
         rng: random.Random | None = None,
         timer: Timer | None = None,
     ) -> None:
+        self.host: Host | None = None
         self.name = name
         self.machine = BreakerMachine(name or "breaker", options, rng=rng)
         self.failure_on = failure_on
         self.background_probe = background_probe
         self.timer = timer
         self._lock = threading.Lock()
+        #: Receive this breaker's events (besides its pipeline's listeners), however many
+        #: pipelines share it.
+        self.listeners: list[Callable[[Event], None]] = []
 
     def bind(self, host: Host) -> None:
-        """Take the pipeline's name (when none was given) and timer."""
+        """Take the pipeline's name (when none was given) and timer.
+
+        One breaker may serve several pipelines of a provider (reads, writes, payments):
+        it reports to the first it was bound to, and to its own ``listeners``.
+        """
+        if self.host is not None:
+            return
         super().bind(host)
         if self.name is None:
             self.name = self.machine.name = host.name
         if self.timer is None:
             self.timer = host.timer
+
+    def on(self, listener: Callable[[Event], None]) -> None:
+        """Add a listener for this breaker's events."""
+        self.listeners.append(listener)
+
+    def _emit(self, event: Event) -> None:
+        super()._emit(event)
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001, S112 - a listener must not break a call
+                continue
 
     @property
     def options(self) -> BreakerOptions:
@@ -497,6 +530,10 @@ class Retry(_Bound):
         budget: the failure domain's retry budget; ``None`` for no budget.
         wait: a tenacity wait strategy; default full jitter, 50 ms base, 2 s cap.
         retry_on: which exceptions are worth another try.
+        retry_on_last_resort: the same, when no other provider is left to fail over to
+            (``ctx.last_resort``); defaults to ``retry_on``. A router's pipelines use
+            ``retry_on=retryable_unless_timeout`` with ``default_retryable`` here, so a
+            timeout fails over while an alternate exists and is retried when none does.
     """
 
     __slots__ = (
@@ -519,16 +556,17 @@ class Retry(_Bound):
         budget: SharedBudget | RetryBudget | None = None,
         wait: tenacity.wait.wait_base | None = None,
         retry_on: Callable[[BaseException], bool] = default_retryable,
-        retry_on_last_resort: Callable[[BaseException], bool] = default_retryable,
+        retry_on_last_resort: Callable[[BaseException], bool] | None = None,
         timer: Timer | None = None,
     ) -> None:
+        self.host: Host | None = None
         if attempts < 1:
             raise ValueError(f"Retry.attempts must be >= 1, got {attempts!r}")
         self.attempts = attempts
         self.budget = SharedBudget(budget) if isinstance(budget, RetryBudget) else budget
         self.wait = wait or tenacity.wait_random_exponential(multiplier=0.05, max=2.0)
         self.retry_on = retry_on
-        self.retry_on_last_resort = retry_on_last_resort
+        self.retry_on_last_resort = retry_on_last_resort or retry_on
         self.timer = timer
         self.budget_denied = 0
         self._retrying: tenacity.Retrying | None = None
@@ -656,6 +694,7 @@ class Timeout(_Bound):
         floor: float = 0.05,
         min_samples: int = 20,
     ) -> None:
+        self.host: Host | None = None
         if not seconds > 0:
             raise ValueError(f"Timeout.seconds must be > 0, got {seconds!r}")
         if not multiplier >= 1:
@@ -694,7 +733,9 @@ class Timeout(_Bound):
     def _prepare(self, ctx: CallContext) -> tuple[float, float]:
         assert self.host is not None
         now = self.host.timer.monotonic()
-        t = self.current()
+        # A probe tests whether the provider answers at all: it gets the configured
+        # maximum, or a slowed-down provider could never prove it is alive again.
+        t = self.seconds if ctx.probe else self.current()
         if ctx.max_timeout is not None:
             t = min(t, ctx.max_timeout)
         if ctx.deadline is not None:
@@ -857,6 +898,7 @@ class Hedge(_Bound):
         max_hedges: int = 1,
         min_samples: int = 20,
     ) -> None:
+        self.host: Host | None = None
         if not 0 < percentile <= 1:
             raise ValueError(f"Hedge.percentile must be in (0, 1], got {percentile!r}")
         if not initial_delay >= 0:
