@@ -87,7 +87,6 @@ _DELIVERED_PRUNE_BATCH = 8
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL,
     entity TEXT NOT NULL,
     operation TEXT NOT NULL,
     kind INTEGER NOT NULL,
@@ -104,7 +103,6 @@ CREATE TABLE IF NOT EXISTS items (
     lease_token TEXT,
     lease_until REAL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS items_id ON items(id);
 CREATE UNIQUE INDEX IF NOT EXISTS items_key ON items(idempotency_key);
 CREATE INDEX IF NOT EXISTS items_entity ON items(entity, seq) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS items_dead ON items(seq) WHERE state = 1;
@@ -127,7 +125,7 @@ CREATE INDEX IF NOT EXISTS delivered_at ON delivered(delivered_at);
 """
 
 _COLUMNS = (
-    "seq, id, entity, operation, kind, payload, idempotency_key, fingerprint, created_at, "
+    "seq, entity, operation, kind, payload, idempotency_key, fingerprint, created_at, "
     "queued_at, attempts, not_before, last_error, dead_reason, state, lease_token, lease_until"
 )
 
@@ -135,12 +133,12 @@ _COLUMNS = (
 # bound parameter.
 _SELECT_BY_KEY = f"SELECT {_COLUMNS} FROM items WHERE idempotency_key = ?"  # noqa: S608
 _SELECT_PENDING_SEQ = f"SELECT {_COLUMNS} FROM items WHERE seq = ? AND state = 0"  # noqa: S608
-_SELECT_PENDING_ID = f"SELECT {_COLUMNS} FROM items WHERE id = ? AND state = 0"  # noqa: S608
-_SELECT_DEAD_ID = f"SELECT {_COLUMNS} FROM items WHERE id = ? AND state = 1"  # noqa: S608
-_SELECT_ID = f"SELECT {_COLUMNS} FROM items WHERE id = ?"  # noqa: S608
+_SELECT_PENDING_ID = f"SELECT {_COLUMNS} FROM items WHERE seq = ? AND state = 0"  # noqa: S608
+_SELECT_DEAD_ID = f"SELECT {_COLUMNS} FROM items WHERE seq = ? AND state = 1"  # noqa: S608
+_SELECT_ID = f"SELECT {_COLUMNS} FROM items WHERE seq = ?"  # noqa: S608
 _SELECT_ALL_PENDING = f"SELECT {_COLUMNS} FROM items WHERE state = 0 ORDER BY seq"  # noqa: S608
 _SELECT_PAGE = f"SELECT {_COLUMNS} FROM items WHERE state = ? ORDER BY seq LIMIT ? OFFSET ?"  # noqa: S608
-_INSERT = f"INSERT INTO items ({_COLUMNS}) VALUES ({', '.join('?' * 17)})"  # noqa: S608
+_INSERT = f"INSERT INTO items ({_COLUMNS}) VALUES ({', '.join('?' * 16)})"  # noqa: S608
 
 
 class ItemState(enum.Enum):
@@ -269,10 +267,17 @@ def _ticket(seq: int) -> str:
     return f"ob-{seq:012d}"
 
 
+def _seq(item_id: str) -> int:
+    """The row of ticket ``item_id``; -1 (no row) for anything that is not a ticket."""
+    prefix, _, digits = item_id.partition("-")
+    if prefix != "ob" or len(digits) != 12 or not digits.isdigit():
+        return -1
+    return int(digits)
+
+
 def _row_item(row: tuple[object, ...]) -> OutboxItem:
     (
-        _seq,
-        item_id,
+        seq,
         entity,
         operation,
         kind,
@@ -292,7 +297,7 @@ def _row_item(row: tuple[object, ...]) -> OutboxItem:
     assert isinstance(kind, int)
     assert isinstance(payload, bytes)
     return OutboxItem(
-        id=str(item_id),
+        id=_ticket(int(seq)),  # type: ignore[call-overload]
         entity=str(entity),
         operation=str(operation),
         payload=_decode_payload(kind, payload),
@@ -547,7 +552,6 @@ class Outbox:
             _INSERT,
             (
                 seq,
-                item.id,
                 item.entity,
                 item.operation,
                 kind,
@@ -589,8 +593,8 @@ class Outbox:
     def _bury(self, con: sqlite3.Connection, item: OutboxItem, reason: str) -> OutboxItem:
         con.execute(
             "UPDATE items SET state = 1, dead_reason = ?, lease_token = NULL, lease_until = NULL"
-            " WHERE id = ?",
-            (reason, item.id),
+            " WHERE seq = ?",
+            (reason, _seq(item.id)),
         )
         self._advance_head(con, item.entity)
         return replace(
@@ -661,7 +665,7 @@ class Outbox:
         return claimed
 
     def _leased(self, con: sqlite3.Connection, item_id: str, token: str) -> OutboxItem | None:
-        row = con.execute(_SELECT_PENDING_ID, (item_id,)).fetchone()
+        row = con.execute(_SELECT_PENDING_ID, (_seq(item_id),)).fetchone()
         if row is None:
             return None
         item = _row_item(row)
@@ -678,7 +682,7 @@ class Outbox:
             item = self._leased(con, item_id, lease_token)
             if item is None:
                 return False
-            con.execute("DELETE FROM items WHERE id = ?", (item_id,))
+            con.execute("DELETE FROM items WHERE seq = ?", (_seq(item_id),))
             if self._remember > 0:
                 con.execute(
                     "INSERT OR REPLACE INTO delivered (idempotency_key, id, entity, operation,"
@@ -727,7 +731,7 @@ class Outbox:
             if item is None:
                 return False
             item = replace(item, last_error=error)
-            con.execute("UPDATE items SET last_error = ? WHERE id = ?", (error, item_id))
+            con.execute("UPDATE items SET last_error = ? WHERE seq = ?", (error, _seq(item_id)))
             reason = "not retryable" if not retryable else self._limit_reached(item, now)
             if reason is not None:
                 buried.append(self._bury(con, item, reason))
@@ -740,8 +744,8 @@ class Outbox:
                 not_before = now + delay
                 con.execute(
                     "UPDATE items SET not_before = ?, lease_token = NULL, lease_until = NULL"
-                    " WHERE id = ?",
-                    (not_before, item_id),
+                    " WHERE seq = ?",
+                    (not_before, _seq(item_id)),
                 )
                 con.execute(
                     "UPDATE heads SET ready_at = ? WHERE entity = ?", (not_before, item.entity)
@@ -776,28 +780,44 @@ class Outbox:
     # -- operators -----------------------------------------------------------------------
 
     def retry_dead(self, item_id: str) -> OutboxItem | None:
-        """Put a dead-lettered item back at the end of its entity's queue.
+        """Put a dead-lettered item back into its entity's queue, at its original place.
 
-        Its attempts and age start again from zero; its id, key and payload stay.
+        Its attempts and age start again from zero; its id, key and payload stay. Keeping
+        its place means it goes before younger items of its entity (once a lease held on
+        the current head has run out), as it would have without the failures.
         Returns the requeued item, or ``None`` when no dead letter has that id.
         """
         now = self.clock.time()
+        seq = _seq(item_id)
         with self._db.transaction("retrying a dead letter") as con:
-            row = con.execute(_SELECT_DEAD_ID, (item_id,)).fetchone()
+            row = con.execute(_SELECT_DEAD_ID, (seq,)).fetchone()
             if row is None:
                 return None
-            kind, body = int(row[4]), bytes(row[5])
-            old = _row_item(row)
-            con.execute("DELETE FROM items WHERE id = ?", (item_id,))
             item = replace(
-                old,
+                _row_item(row),
                 queued_at=now,
                 attempts=0,
                 not_before=now,
                 state=ItemState.PENDING,
                 dead_reason=None,
             )
-            self._insert(con, self._next_seq(con), item, kind, body)
+            con.execute(
+                "UPDATE items SET state = 0, attempts = 0, queued_at = ?, not_before = ?,"
+                " dead_reason = NULL, lease_token = NULL, lease_until = NULL WHERE seq = ?",
+                (now, now, seq),
+            )
+            head = con.execute("SELECT seq FROM heads WHERE entity = ?", (item.entity,)).fetchone()
+            if head is None or head[0] > seq:
+                ready = now
+                if head is not None:
+                    (lease_until,) = con.execute(
+                        "SELECT lease_until FROM items WHERE seq = ?", (head[0],)
+                    ).fetchone()
+                    ready = max(now, lease_until if lease_until is not None else now)
+                con.execute(
+                    "INSERT OR REPLACE INTO heads (entity, seq, ready_at) VALUES (?, ?, ?)",
+                    (item.entity, seq, ready),
+                )
         return item
 
     def drop(self, item_id: str) -> bool:
@@ -807,7 +827,7 @@ class Outbox:
         """
         with self._db.transaction("dropping an outbox item") as con:
             row = con.execute(
-                "SELECT seq, entity, state FROM items WHERE id = ?", (item_id,)
+                "SELECT seq, entity FROM items WHERE seq = ?", (_seq(item_id),)
             ).fetchone()
             if row is None:
                 return False
@@ -823,7 +843,7 @@ class Outbox:
     def get(self, item_id: str) -> OutboxItem | None:
         """The pending or dead item ``item_id``, or ``None``."""
         with self._db.reading("reading the outbox") as con:
-            row = con.execute(_SELECT_ID, (item_id,)).fetchone()
+            row = con.execute(_SELECT_ID, (_seq(item_id),)).fetchone()
         return None if row is None else _row_item(row)
 
     def list(self, offset: int = 0, limit: int = 100) -> builtins.list[OutboxItem]:
@@ -996,8 +1016,10 @@ class OutboxWorker:
                 logger.error("outbox worker: %s", exc)
                 self.last_store_error = exc
                 handled, wait = False, self.poll_floor
-            self._notify()
             if not handled:
+                # drain() re-checks the depth only when a worker finds nothing to claim:
+                # counting after every item would cost more than the item itself.
+                self._notify()
                 self._wake.wait(wait)
 
     def start(self) -> None:
@@ -1128,8 +1150,8 @@ class AsyncOutboxWorker:
                 logger.error("outbox worker: %s", exc)
                 self.last_store_error = exc
                 handled, wait = False, self.poll_floor
-            self._progress.set()
             if not handled:
+                self._progress.set()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
 
