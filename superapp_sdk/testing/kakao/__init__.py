@@ -1,0 +1,46 @@
+"""A simulated Kakao data center for tests and drills: Kakao Login, KakaoTalk Message,
+KakaoPay and Kakao Mobility, faithful to Kakao's public REST documentation, in one ASGI
+app that can be set on fire one service at a time.
+
+::
+
+    from superapp_sdk.testing.kakao import DataCenterServer, Fire, KakaoDataCenter
+
+    dc = KakaoDataCenter()                       # seeded: dc.credentials
+    transport = httpx.ASGITransport(app=dc.app)  # in-process ...
+    with DataCenterServer(dc) as server:         # ... or on loopback, behind fault proxies
+        kakao = server.adapters()
+        server.burn(Fire.ERROR_5XX, ["payment"])
+
+Each service's state class is public for tests that need more than the seeded setup.
+"""
+
+from superapp_sdk.testing._proxy import Burn
+from superapp_sdk.testing.kakao._asgi import App, Fire, FireControl
+from superapp_sdk.testing.kakao._datacenter import (
+    CAPABILITIES,
+    DataCenterCredentials,
+    DataCenterServer,
+    KakaoAdapters,
+    KakaoDataCenter,
+)
+from superapp_sdk.testing.kakao.chat import ChatState
+from superapp_sdk.testing.kakao.identity import IdentityState
+from superapp_sdk.testing.kakao.mobility import MobilityState
+from superapp_sdk.testing.kakao.payment import PaymentState
+
+__all__ = [
+    "CAPABILITIES",
+    "App",
+    "Burn",
+    "ChatState",
+    "DataCenterCredentials",
+    "DataCenterServer",
+    "Fire",
+    "FireControl",
+    "IdentityState",
+    "KakaoAdapters",
+    "KakaoDataCenter",
+    "MobilityState",
+    "PaymentState",
+]
