@@ -7,9 +7,18 @@ import asyncio
 import pytest
 import tenacity
 
-from superapp_sdk._errors import NoAnswer, OperationTimeout, ProviderConnectError
+from superapp_sdk._errors import CircuitOpen, NoAnswer, OperationTimeout, ProviderConnectError
+from superapp_sdk.core.breaker import BreakerOptions, BreakerState
 from superapp_sdk.core.latency import LatencyTracker
-from superapp_sdk.resilience import CallContext, Deadline, Hedge, Pipeline, Retry, Timeout
+from superapp_sdk.resilience import (
+    CallContext,
+    CircuitBreaker,
+    Deadline,
+    Hedge,
+    Pipeline,
+    Retry,
+    Timeout,
+)
 from superapp_sdk.resilience._base import NO_RETRY_ATTR
 from superapp_sdk.testing import FakeClock
 
@@ -55,6 +64,29 @@ def test_adaptive_timeout_is_clamped_to_the_maximum() -> None:
     """A slow provider never gets more than ``seconds``."""
     t = _bound(Timeout(1.0, min_samples=5), [0.8] * 5)
     assert t.current() == 1.0
+
+
+def test_timeout_adapts_as_soon_as_min_samples_are_seen() -> None:
+    """With the default tracker (sorted copy refreshed every 16 samples), the timeout
+    adapts at the 20th sample, not at the next refresh."""
+    timeout = Timeout(1.0, multiplier=3.0, min_samples=20)
+    p = Pipeline(timeout, timer=FakeClock())
+    for _ in range(19):
+        p.latency.record(0.1)
+    assert timeout.current() == 1.0
+    p.latency.record(0.1)
+    assert timeout.current() == pytest.approx(0.3)
+
+
+def test_timeout_is_the_maximum_again_after_the_tracker_is_reset() -> None:
+    """Forgetting the samples brings the timeout back to ``seconds`` until relearned."""
+    timeout = Timeout(1.0, min_samples=5)
+    p = Pipeline(timeout, timer=FakeClock())
+    for _ in range(5):
+        p.latency.record(0.1)
+    assert timeout.current() == pytest.approx(0.3)
+    p.latency.reset()
+    assert timeout.current() == 1.0
 
 
 def test_fixed_timeout_ignores_latency() -> None:
@@ -309,10 +341,10 @@ async def test_timed_out_try_marked_do_not_retry_is_not_retried() -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="Timeout learns only from successes: once a provider slows past multiplier x its "
-    "old p99, every try times out, nothing is recorded and the timeout never grows back",
+    reason="Timeout learns only from successes: without a breaker to probe and reset the "
+    "latency, a provider slower than multiplier x its old p99 times out for ever",
 )
-def test_adaptive_timeout_recovers_when_the_provider_slows_down() -> None:
+def test_adaptive_timeout_without_breaker_recovers_when_the_provider_slows_down() -> None:
     """A provider that slows from 20 ms to 100 ms (under the 1 s maximum) is served again."""
     clock = FakeClock()
     p = Pipeline(Timeout(1.0, min_samples=20), timer=clock)
@@ -337,3 +369,40 @@ def test_adaptive_timeout_recovers_when_the_provider_slows_down() -> None:
         except OperationTimeout:
             pass
     assert answered > 0
+
+
+def test_breaker_probe_relearns_the_latency_of_a_slowed_provider() -> None:
+    """A provider that slowed down is cut by the learned timeout until the breaker opens; a
+    probe gets the full timeout, and after recovery user calls are served again."""
+    clock = FakeClock()
+    options = BreakerOptions(
+        window_size=10,
+        minimum_calls=5,
+        open_seconds=10.0,
+        jitter=0.0,
+        half_open_probes=1,
+        half_open_successes=1,
+    )
+    breaker = CircuitBreaker(options)
+    p = Pipeline(breaker, Timeout(1.0, min_samples=20), timer=clock)
+    latency = 0.02
+
+    def call(ctx: CallContext) -> str:
+        assert ctx.timeout is not None
+        if ctx.timeout < latency:
+            clock.advance(ctx.timeout)
+            raise OperationTimeout("read timed out")
+        clock.advance(latency)
+        return "ok"
+
+    for _ in range(20):
+        p.call(call)
+    latency = 0.1
+    for _ in range(10):
+        with pytest.raises((OperationTimeout, CircuitOpen)):
+            p.call(call)
+    assert breaker.metrics().state is BreakerState.OPEN
+    clock.advance(10.0)
+    assert p.call(call, probe=True) == "ok"
+    assert breaker.metrics().state is BreakerState.CLOSED
+    assert p.call(call) == "ok"

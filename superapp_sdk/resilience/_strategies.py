@@ -718,15 +718,16 @@ class Timeout(_Bound):
         tracker = latency if latency is not None else (self.host.latency if self.host else None)
         if not self.adaptive or tracker is None:
             return self.seconds
+        # Checked before the cache: the sample count grows between refreshes of the
+        # tracker's sorted copy (its version), and min_samples may be reached in between.
+        if tracker.samples() < self.min_samples:
+            return self.seconds
         version, value = self._cached
         if version == tracker.version:
             return value
-        if tracker.samples() < self.min_samples:
-            value = self.seconds
-        else:
-            p = tracker.percentile(self.percentile)
-            assert p is not None
-            value = min(self.seconds, max(self.floor, p * self.multiplier))
+        p = tracker.percentile(self.percentile)
+        assert p is not None
+        value = min(self.seconds, max(self.floor, p * self.multiplier))
         self._cached = (tracker.version, value)
         return value
 
