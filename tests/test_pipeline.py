@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import tenacity
 
-from superapp_sdk._errors import Declined, ProviderConnectError
+from superapp_sdk._errors import Declined, OperationTimeout, ProviderConnectError
 from superapp_sdk.resilience import (
     Bulkhead,
     CallContext,
@@ -20,6 +20,7 @@ from superapp_sdk.resilience import (
     Retry,
     RetryScheduled,
     Timeout,
+    retryable_unless_timeout,
 )
 from superapp_sdk.resilience._base import AsyncNext, Host, SyncNext
 from superapp_sdk.testing import FakeClock
@@ -274,3 +275,23 @@ def test_for_payment_shape() -> None:
 def test_default_timer_is_the_system_timer() -> None:
     """Without a timer the pipeline uses the real clock."""
     assert repr(Pipeline().timer) == "SystemTimer()"
+
+
+async def test_sync_and_async_retry_the_same_errors() -> None:
+    """With a custom ``retry_on``, both runners make the same number of tries."""
+
+    def timeout(ctx: CallContext) -> str:
+        tries.append(ctx.attempt)
+        raise OperationTimeout("read timed out")
+
+    async def atimeout(ctx: CallContext) -> str:
+        return timeout(ctx)
+
+    p = Pipeline(Retry(3, retry_on=retryable_unless_timeout), timer=FakeClock())
+    tries: list[int] = []
+    with pytest.raises(OperationTimeout):
+        p.call(timeout)
+    sync_tries, tries = tries, []
+    with pytest.raises(OperationTimeout):
+        await p.acall(atimeout)
+    assert sync_tries == tries

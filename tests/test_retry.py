@@ -109,11 +109,6 @@ def test_unclassified_error_passes_through_unretried_and_uncounted() -> None:
     assert budget.budget.balance(0.0) == budget.budget.options.reserve
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Retry applies retry_on_last_resort (default_retryable) instead of the caller's "
-    "retry_on whenever the call is the last resort, which Pipeline.call assumes by default",
-)
 def test_custom_retry_on_decides() -> None:
     """``retry_on`` replaces the default classification."""
     log: list[int] = []
