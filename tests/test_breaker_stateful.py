@@ -6,6 +6,7 @@ import math
 import random
 from dataclasses import dataclass
 
+from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -204,6 +205,7 @@ class BreakerStateMachine(RuleBasedStateMachine):
         else:
             assert got is not None
             assert got.probe is (expected == "probe")
+            event(f"admitted {expected}")
             self._epoch_changed(epoch_before)
             self.held.append(Held(got, self.model.epoch))
         if state_before is S.ISOLATED:

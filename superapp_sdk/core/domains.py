@@ -262,9 +262,12 @@ class FailureDomainDetector:
         self, domain: str, d: _Domain, now: float, reason: str, capabilities: tuple[str, ...]
     ) -> None:
         opts = self.options
-        base = min(
-            opts.open_seconds * opts.open_backoff**d.consecutive_opens, opts.max_open_seconds
-        )
+        try:
+            base = min(
+                opts.open_seconds * opts.open_backoff**d.consecutive_opens, opts.max_open_seconds
+            )
+        except OverflowError:  # an outage of thousands of failed recoveries
+            base = opts.max_open_seconds
         factor = 1.0 + self._rng.uniform(-opts.jitter, opts.jitter) if opts.jitter else 1.0
         d.open_until = now + base * factor
         d.consecutive_opens += 1
