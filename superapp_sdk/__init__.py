@@ -1,5 +1,16 @@
 """superapp-sdk: keep an app's backend working when the super-app it depends on goes dark."""
 
+from superapp_sdk._app import (
+    AsyncSuperApp,
+    CapabilityHealth,
+    DeadLettered,
+    Health,
+    ProviderHealth,
+    ServiceLevel,
+    SuperApp,
+    Timeouts,
+)
+from superapp_sdk._directory import Contact
 from superapp_sdk._errors import (
     BudgetExhausted,
     BulkheadFull,
@@ -9,6 +20,7 @@ from superapp_sdk._errors import (
     IdempotencyConflict,
     InvalidRequest,
     NoAnswer,
+    NotApplicable,
     OfflineCapExceeded,
     OperationTimeout,
     ProviderConnectError,
@@ -21,30 +33,46 @@ from superapp_sdk._errors import (
     Unauthorized,
     Unavailable,
 )
+from superapp_sdk._ops import IdentityPolicy, OfflinePolicy
 from superapp_sdk._outcome import Attempt, Outcome, Via
+from superapp_sdk.capabilities._common import Capability, Money
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncSuperApp",
     "Attempt",
     "BudgetExhausted",
     "BulkheadFull",
+    "Capability",
+    "CapabilityHealth",
     "CircuitOpen",
     "ConfigError",
+    "Contact",
+    "DeadLettered",
     "Declined",
+    "Health",
     "IdempotencyConflict",
+    "IdentityPolicy",
     "InvalidRequest",
+    "Money",
     "NoAnswer",
+    "NotApplicable",
     "OfflineCapExceeded",
+    "OfflinePolicy",
     "OperationTimeout",
     "Outcome",
     "ProviderConnectError",
     "ProviderError",
+    "ProviderHealth",
     "ProviderRefused",
     "RateLimited",
     "Rejected",
+    "ServiceLevel",
     "StoreError",
+    "SuperApp",
     "SuperAppError",
+    "Timeouts",
     "Unauthorized",
     "Unavailable",
     "Via",

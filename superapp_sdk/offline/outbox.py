@@ -866,6 +866,15 @@ class Outbox:
             ).fetchall()
         return [_row_item(row) for row in rows]
 
+    def has_pending(self, entity: str) -> bool:
+        """True when ``entity`` has an undelivered item: a new write to it must queue
+        behind, or it would overtake the older ones."""
+        with self._db.reading("reading the outbox") as con:
+            row = con.execute(
+                "SELECT 1 FROM items WHERE entity = ? AND state = 0 LIMIT 1", (entity,)
+            ).fetchone()
+        return row is not None
+
     def depth(self) -> int:
         """How many items wait to be delivered (dead letters not counted)."""
         with self._db.reading("reading the outbox") as con:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -233,14 +233,23 @@ class Router(Generic[P]):
 
         return on_event
 
-    def _order(self, operation: str) -> list[Route[P]]:
-        routes = [r for r in self.routes if operation in r.provider.operations]
+    def _order(self, operation: str, providers: Collection[str] | None = None) -> list[Route[P]]:
+        routes = [
+            r
+            for r in self.routes
+            if operation in r.provider.operations and (providers is None or r.name in providers)
+        ]
         if len(routes) > 1 and not self.ramp.admit(routes[0].name, self.timer.monotonic()):
             routes.append(routes.pop(0))
         return routes
 
     def _plan(
-        self, operation: str, attempts: list[Attempt], *, can_probe_aside: bool
+        self,
+        operation: str,
+        attempts: list[Attempt],
+        *,
+        can_probe_aside: bool,
+        providers: Collection[str] | None = None,
     ) -> tuple[list[tuple[Route[P], str]], list[Route[P]], list[Route[P]]]:
         """Split the routes into (eligible, to probe aside, domains to probe aside).
 
@@ -251,7 +260,7 @@ class Router(Generic[P]):
         eligible: list[tuple[Route[P], str]] = []
         probes: list[Route[P]] = []
         domain_probes: list[Route[P]] = []
-        for r in self._order(operation):
+        for r in self._order(operation, providers):
             if not self.detector.allows(r.domain):
                 if self.detector.state(r.domain) is DomainState.HALF_OPEN:
                     if can_probe_aside:
@@ -295,6 +304,17 @@ class Router(Generic[P]):
 
     def _probe_cap(self, mode: str) -> dict[str, Any]:
         return {"max_timeout": self.probe_timeout} if mode else {}
+
+    def choose(
+        self, operation: str, *, providers: Collection[str] | None = None
+    ) -> tuple[Route[P], tuple[Attempt, ...]]:
+        """The provider a call would go to now, without calling it (for operations that
+        need no network, such as building a login URL); raises :class:`Unavailable`."""
+        attempts: list[Attempt] = []
+        eligible, _, _ = self._plan(operation, attempts, can_probe_aside=True, providers=providers)
+        if not eligible:
+            raise self._unavailable(operation, attempts)
+        return eligible[0][0], tuple(attempts)
 
     def _claim_probe(self, key: str) -> bool:
         with self._lock:
@@ -344,6 +364,7 @@ class Router(Generic[P]):
         resolve: MakeSync | None = None,
         probe: MakeSync | None = None,
         hedge: bool = False,
+        providers: Collection[str] | None = None,
     ) -> Routed[Any]:
         """Serve ``operation``: ``make(route)`` builds the call for one provider.
 
@@ -354,6 +375,8 @@ class Router(Generic[P]):
             probe: builds a cheap call used to probe a recovering provider in the
                 background; reads default to the call itself.
             hedge: hedge to the next provider after the primary's p95 latency.
+            providers: only these providers may serve (the one holding an order, the
+                one that issued a login code).
 
         Raises:
             the provider's error for a business refusal; :class:`OutcomeUnknown` for a
@@ -363,7 +386,7 @@ class Router(Generic[P]):
         attempts: list[Attempt] = []
         prober = probe or (make if kind is OperationKind.READ else None)
         eligible, probes, domain_probes = self._plan(
-            operation, attempts, can_probe_aside=prober is not None
+            operation, attempts, can_probe_aside=prober is not None, providers=providers
         )
         for r in probes:
             self._spawn_probe(r, prober, domain=False, operation=operation)
@@ -527,12 +550,13 @@ class Router(Generic[P]):
         resolve: MakeAsync | None = None,
         probe: MakeAsync | None = None,
         hedge: bool = False,
+        providers: Collection[str] | None = None,
     ) -> Routed[Any]:
         """The async form of :meth:`call`; hedged losers are cancelled."""
         attempts: list[Attempt] = []
         prober = probe or (make if kind is OperationKind.READ else None)
         eligible, probes, domain_probes = self._plan(
-            operation, attempts, can_probe_aside=prober is not None
+            operation, attempts, can_probe_aside=prober is not None, providers=providers
         )
         for r in probes:
             self._aspawn_probe(r, prober, domain=False, operation=operation)

@@ -1,0 +1,1154 @@
+"""``SuperApp`` and ``AsyncSuperApp``: the four capabilities behind one object.
+
+Both build the same machinery from the same arguments (a router per capability, a
+breaker and latency tracker per provider, a retry budget per failure domain, one
+failure-domain detector, the outbox, the read cache, the directory) and run the same
+operations (``superapp_sdk._ops``); they differ only in how they wait.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import random
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import httpx
+
+from superapp_sdk import _ops
+from superapp_sdk._directory import Contact, Directory
+from superapp_sdk._errors import ConfigError, InvalidRequest, Unavailable
+from superapp_sdk._ops import IdentityPolicy, Invoke, OfflinePolicy, Op, State
+from superapp_sdk._outcome import Outcome
+from superapp_sdk.capabilities._common import Capability, Provider
+from superapp_sdk.capabilities.chat import Message, MessageReceipt
+from superapp_sdk.capabilities.identity import Claims, LoginRedirect, Session
+from superapp_sdk.capabilities.mobility import DeepLink, Estimate, Place, RentalReceipt, Ride
+from superapp_sdk.capabilities.payment import Approval, Checkout, Payment
+from superapp_sdk.core.breaker import BreakerOptions, BreakerState, StateChange
+from superapp_sdk.core.budget import BudgetOptions, RetryBudget
+from superapp_sdk.core.domains import (
+    DomainChange,
+    DomainOptions,
+    DomainState,
+    FailureDomainDetector,
+)
+from superapp_sdk.core.latency import LatencyTracker
+from superapp_sdk.core.routing import OperationKind
+from superapp_sdk.offline.cache import ReadCache
+from superapp_sdk.offline.outbox import (
+    AsyncOutboxWorker,
+    Outbox,
+    OutboxItem,
+    OutboxPolicy,
+    OutboxWorker,
+)
+from superapp_sdk.providers._http import arun_call, run_call
+from superapp_sdk.resilience import (
+    Bulkhead,
+    CallContext,
+    CircuitBreaker,
+    Deadline,
+    Pipeline,
+    Retry,
+    Route,
+    Routed,
+    Router,
+    SharedBudget,
+    SharedDetector,
+    SystemTimer,
+    Timeout,
+    Timer,
+    default_retryable,
+    retryable_unless_timeout,
+)
+from superapp_sdk.store import DiskStore
+from superapp_sdk.tokens._seal import Sealer
+
+__all__ = [
+    "AsyncSuperApp",
+    "CapabilityHealth",
+    "DeadLettered",
+    "Health",
+    "ProviderHealth",
+    "ServiceLevel",
+    "SuperApp",
+    "Timeouts",
+]
+
+T = TypeVar("T")
+
+
+# -- options and reports -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Per-try maxima and overall deadlines, in seconds, per kind of operation.
+
+    Reads and writes use an adaptive per-try timeout (3x the provider's recent p99, never
+    above these maxima); payments use a fixed one: a slow payment is not a dead provider.
+    """
+
+    read: float = 2.0
+    write: float = 5.0
+    payment: float = 15.0
+    read_deadline: float = 6.0
+    write_deadline: float = 15.0
+    payment_deadline: float = 40.0
+    #: The adaptive timeout never goes below this.
+    floor: float = 0.05
+
+    def __post_init__(self) -> None:
+        for f in (
+            "read",
+            "write",
+            "payment",
+            "read_deadline",
+            "write_deadline",
+            "payment_deadline",
+        ):
+            if not getattr(self, f) > 0:
+                raise ValueError(f"Timeouts.{f} must be > 0, got {getattr(self, f)!r}")
+        if not 0 < self.floor <= self.read:
+            raise ValueError(f"Timeouts.floor must be in (0, read={self.read}], got {self.floor!r}")
+
+
+class ServiceLevel(enum.Enum):
+    """How well a capability is served right now."""
+
+    FULL = "full"  #: the primary provider is available
+    DEGRADED = "degraded"  #: only alternates are available
+    OFFLINE = "offline"  #: no provider is available: cache, outbox and local fallbacks only
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderHealth:
+    """One provider's state."""
+
+    name: str
+    capability: str
+    failure_domain: str
+    breaker: BreakerState
+    available: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CapabilityHealth:
+    """One capability's service level and its providers, in priority order."""
+
+    level: ServiceLevel
+    providers: tuple[ProviderHealth, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """A snapshot of everything the SDK knows about its providers.
+
+    Attributes:
+        capabilities: per capability name, its service level and providers.
+        domains: per failure domain, its state.
+        outbox_depth: writes waiting for delivery.
+        dead_letters: writes that exhausted their limits (see ``superapp outbox``).
+    """
+
+    capabilities: Mapping[str, CapabilityHealth]
+    domains: Mapping[str, DomainState]
+    outbox_depth: int
+    dead_letters: int
+
+    @property
+    def level(self) -> ServiceLevel:
+        """The worst level of any configured capability."""
+        levels = [c.level for c in self.capabilities.values()]
+        for level in (ServiceLevel.OFFLINE, ServiceLevel.DEGRADED):
+            if level in levels:
+                return level
+        return ServiceLevel.FULL
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLettered:
+    """An outbox item moved to the dead-letter store."""
+
+    item: OutboxItem
+
+
+# -- the shared machinery --------------------------------------------------------------------
+
+
+def _not_sent(exc: BaseException) -> bool:
+    return getattr(exc, "request_sent", None) is False
+
+
+@dataclass
+class _Parts:
+    state: State
+    routers: dict[Capability, Router[Any]]
+    breakers: dict[str, CircuitBreaker]
+    detector: SharedDetector
+    disk: DiskStore
+    listeners: dict[object, list[Callable[[Any], None]]] = field(default_factory=dict)
+
+
+class _Base:
+    """Construction, events, health and the directory: everything that does not wait."""
+
+    def __init__(
+        self,
+        *,
+        identity: Sequence[Provider] = (),
+        chat: Sequence[Provider] = (),
+        payment: Sequence[Provider] = (),
+        mobility: Sequence[Provider] = (),
+        state_dir: str | os.PathLike[str] = ".superapp",
+        store: str | None = None,
+        durable: bool = True,
+        timeouts: Timeouts | None = None,
+        breaker: BreakerOptions | None = None,
+        domains: DomainOptions | None = None,
+        budget: BudgetOptions | None = None,
+        outbox_policies: Mapping[str, OutboxPolicy] | None = None,
+        identity_policy: IdentityPolicy | None = None,
+        timer: Timer | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if store is not None and not store.startswith("disk:"):
+            raise ConfigError(
+                f"store={store!r}: only the embedded store (state_dir) is available in this "
+                "release; the shared Redis backend is not implemented yet",
+                key="store",
+            )
+        self.timer: Timer = timer or SystemTimer()
+        self.timeouts = timeouts or Timeouts()
+        rng = rng or random.Random()
+        providers = {
+            Capability.IDENTITY: tuple(identity),
+            Capability.CHAT: tuple(chat),
+            Capability.PAYMENT: tuple(payment),
+            Capability.MOBILITY: tuple(mobility),
+        }
+        names: set[str] = set()
+        for capability, group in providers.items():
+            for p in group:
+                if p.capability is not capability:
+                    raise ConfigError(
+                        f"{p.name!r} is a {p.capability.value} provider, "
+                        f"given as {capability.value}",
+                        key=capability.value,
+                    )
+                if p.name in names:
+                    raise ConfigError(f"two providers are named {p.name!r}", key=capability.value)
+                names.add(p.name)
+        path = Path(state_dir)
+        disk = DiskStore(path, durable=durable, clock=self.timer)
+        sealer = Sealer(path / "keys" / "seal.key")
+        policies = {
+            "payment.confirm": OutboxPolicy(max_age_seconds=15 * 60.0, backoff_cap=60.0),
+            "chat.send": OutboxPolicy(max_age_seconds=24 * 3600.0),
+            **(outbox_policies or {}),
+        }
+        outbox = Outbox(disk, clock=self.timer, policies=policies, rng=rng)
+        state = State(
+            store=disk.namespace("state"),
+            outbox=outbox,
+            cache=ReadCache(disk.namespace("cache"), clock=self.timer),
+            directory=Directory(disk.namespace("directory"), sealer),
+            sealer=sealer,
+            clock=self.timer,
+            providers=providers,
+            identity_policy=identity_policy or IdentityPolicy(),
+        )
+        detector = SharedDetector(FailureDomainDetector(domains, rng=rng), timer=self.timer)
+        budgets: dict[str, SharedBudget] = {}
+        breakers: dict[str, CircuitBreaker] = {}
+        routers: dict[Capability, Router[Any]] = {}
+        self._parts = _Parts(state, routers, breakers, detector, disk)
+        for capability, group in providers.items():
+            if not group:
+                continue
+            routes = []
+            for p in group:
+                shared = budgets.setdefault(
+                    p.failure_domain, SharedBudget(RetryBudget(p.failure_domain, budget))
+                )
+                br = CircuitBreaker(
+                    breaker or BreakerOptions(minimum_calls=5, window_size=20),
+                    name=p.name,
+                    background_probe=True,
+                    rng=rng,
+                    timer=self.timer,
+                )
+                breakers[p.name] = br
+                routes.append(Route(p, *self._pipelines(p, br, shared)))
+            routers[capability] = Router(
+                capability.value, routes, detector=detector, timer=self.timer
+            )
+        for br in breakers.values():
+            br.on(self._emit)
+        detector.listeners.append(self._emit)
+        outbox.on_dead_letter(lambda item: self._emit(DeadLettered(item)))
+
+    def _pipelines(
+        self, p: Provider, br: CircuitBreaker, budget: SharedBudget
+    ) -> tuple[Pipeline, dict[OperationKind, Pipeline]]:
+        t = self.timeouts
+        latency = LatencyTracker()
+
+        def make(strategies: list[Any]) -> Pipeline:
+            return Pipeline(*strategies, name=p.name, timer=self.timer, latency=latency)
+
+        def retry(attempts: int, retry_on: Callable[[BaseException], bool]) -> Retry:
+            return Retry(
+                attempts,
+                budget=budget,
+                retry_on=retry_on,
+                retry_on_last_resort=default_retryable if retry_on is not _not_sent else _not_sent,
+            )
+
+        read = make(
+            [
+                Deadline(t.read_deadline),
+                Bulkhead(256),
+                br,
+                retry(3, retryable_unless_timeout),
+                Timeout(t.read, floor=min(t.floor, t.read)),
+            ]
+        )
+        write = make(
+            [
+                Deadline(t.write_deadline),
+                Bulkhead(128),
+                br,
+                retry(3, retryable_unless_timeout),
+                Timeout(t.write, floor=min(t.floor, t.write)),
+            ]
+        )
+        payment = make(
+            [
+                Deadline(t.payment_deadline),
+                Bulkhead(64),
+                br,
+                retry(2, _not_sent),
+                Timeout(t.payment, adaptive=False, floor=min(t.floor, t.payment)),
+            ]
+        )
+        return read, {
+            OperationKind.READ: read,
+            OperationKind.WRITE: write,
+            OperationKind.PAYMENT: payment,
+        }
+
+    # -- events --------------------------------------------------------------------------
+
+    def on(self, event_type: type[Any] | str, callback: Callable[[Any], None]) -> None:
+        """Call ``callback(event)`` for every event of ``event_type``.
+
+        Event types: :class:`~superapp_sdk.core.breaker.StateChange` (a provider's breaker),
+        :class:`~superapp_sdk.core.domains.DomainChange` (a failure domain),
+        :class:`DeadLettered` (an outbox item gave up); ``"*"`` for all of them. Callbacks
+        run in the thread that caused the event; keep them quick. An exception in one is
+        counted in ``listener_errors`` and does not break the call.
+        """
+        self._parts.listeners.setdefault(event_type, []).append(callback)
+
+    listener_errors = 0
+
+    def _emit(self, event: object) -> None:
+        listeners = self._parts.listeners
+        for key in (type(event), "*"):
+            for callback in listeners.get(key, ()):
+                try:
+                    callback(event)
+                except Exception:  # noqa: BLE001 - a listener must not break a call
+                    self.listener_errors += 1
+        if (isinstance(event, StateChange) and event.new is BreakerState.CLOSED) or (
+            isinstance(event, DomainChange) and event.new is DomainState.CLOSED
+        ):
+            self._wake()
+
+    def _wake(self) -> None:
+        """Wake the outbox worker (a provider is back)."""
+
+    # -- health and directory ------------------------------------------------------------
+
+    def health(self) -> Health:
+        """Per capability FULL / DEGRADED / OFFLINE, per provider breaker state, per failure
+        domain state, outbox depth and dead letters."""
+        parts = self._parts
+        domains: dict[str, DomainState] = {}
+        capabilities: dict[str, CapabilityHealth] = {}
+        for capability, router in parts.routers.items():
+            providers = []
+            for route in router.routes:
+                domain_state = parts.detector.state(route.domain)
+                domains[route.domain] = domain_state
+                br = parts.breakers[route.name]
+                available = domain_state is DomainState.CLOSED and br.state in (
+                    BreakerState.CLOSED,
+                    BreakerState.DISABLED,
+                    BreakerState.METRICS_ONLY,
+                )
+                providers.append(
+                    ProviderHealth(route.name, capability.value, route.domain, br.state, available)
+                )
+            if providers and providers[0].available:
+                level = ServiceLevel.FULL
+            elif any(p.available for p in providers):
+                level = ServiceLevel.DEGRADED
+            else:
+                level = ServiceLevel.OFFLINE
+            capabilities[capability.value] = CapabilityHealth(level, tuple(providers))
+        outbox = parts.state.outbox
+        return Health(capabilities, domains, outbox.depth(), outbox.dead_count())
+
+    @property
+    def outbox(self) -> Outbox:
+        """The durable outbox (for operators: list, retry, drop)."""
+        return self._parts.state.outbox
+
+    def breaker(self, provider: str) -> CircuitBreaker:
+        """The circuit breaker of ``provider`` (to isolate, force open, reset)."""
+        try:
+            return self._parts.breakers[provider]
+        except KeyError:
+            raise InvalidRequest(f"no provider named {provider!r} is configured") from None
+
+    @property
+    def domains(self) -> SharedDetector:
+        """The failure-domain detector (to force a domain open in a drill, or reset it)."""
+        return self._parts.detector
+
+    def _close_state(self) -> None:
+        self._parts.state.outbox.close()
+        self._parts.disk.close()
+
+
+class _DirectoryService:
+    """``app.directory``: app-level users mapped to every provider's identity."""
+
+    def __init__(self, directory: Directory) -> None:
+        self._directory = directory
+
+    def put(
+        self,
+        user_id: str,
+        *,
+        provider: str,
+        address: str | None = None,
+        billing_key: str | None = None,
+    ) -> None:
+        """Record the user's address (Kakao uuid, LINE userId, e-mail) and/or billing key
+        (KakaoPay ``sid``, Toss ``billingKey``, Stripe customer/payment method) at
+        ``provider``. Billing keys are sealed at rest."""
+        self._directory.put(user_id, provider=provider, address=address, billing_key=billing_key)
+
+    def get(self, user_id: str) -> Contact:
+        """Every provider's address, identity subject and billing-key holder for the user."""
+        return self._directory.get(user_id)
+
+
+# -- sync ------------------------------------------------------------------------------------
+
+
+class SuperApp(_Base):
+    """The SDK, for synchronous code.
+
+    ::
+
+        app = SuperApp(
+            identity=[KakaoLogin(...), OIDCIdentity(...)],
+            chat=[KakaoTalk(...), LineMessaging(...)],
+            payment=[KakaoPay(...), TossPayments(...)],
+            mobility=[KakaoMobility(...), GTFSTransit(...)],
+            state_dir=".superapp",
+        )
+        with app:                                    # starts the outbox replay worker
+            outcome = app.chat.send(to="user-1", text="Your ride is here")
+            outcome.via                              # PRIMARY, ALTERNATE or QUEUED
+
+    Every operation returns an :class:`~superapp_sdk.Outcome`. Business refusals raise at
+    once; when nothing can serve a call that cannot be deferred it raises
+    :class:`~superapp_sdk.Unavailable` with every attempt.
+
+    Args:
+        identity, chat, payment, mobility: providers in priority order.
+        state_dir: where durable state lives (0700).
+        http_client: the ``httpx.Client`` adapters' requests go through (default: one
+            created here, closed by :meth:`close`).
+        timeouts, breaker, domains, budget: resilience options.
+        outbox_policies: retry limits per queued operation.
+        identity_policy: session and grace limits.
+        timer, rng: time and randomness (``FakeClock`` in tests).
+    """
+
+    def __init__(self, *, http_client: httpx.Client | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        self._own_client = http_client is None
+        self._client = http_client or httpx.Client(timeout=httpx.Timeout(10.0))
+        self._worker = OutboxWorker(self.outbox, self._deliver, poll_floor=1.0)
+        self.chat = _Chat(self)
+        self.payment = _Payment(self)
+        self.identity = _Identity(self)
+        self.mobility = _Mobility(self)
+        self.directory = _DirectoryService(self._parts.state.directory)
+
+    @classmethod
+    def from_config(
+        cls, source: str | os.PathLike[str] | Mapping[str, Any], **overrides: Any
+    ) -> Self:
+        """Build from a TOML file or a dict (see :mod:`superapp_sdk._config`)."""
+        from superapp_sdk._config import load_config
+
+        return cls(**{**load_config(source), **overrides})
+
+    # -- driving operations ----------------------------------------------------------------
+
+    def _invoke(self, eff: Invoke) -> Routed[Any]:
+        router = self._parts.routers.get(eff.capability)
+        if router is None:
+            raise Unavailable(
+                f"no {eff.capability.value} provider is configured", operation=eff.operation
+            )
+        client = self._client
+
+        def make(r: Route[Any]) -> Callable[[CallContext], Any]:
+            def fn(ctx: CallContext) -> Any:
+                return run_call(
+                    client,
+                    eff.build(r.provider),
+                    provider=r.name,
+                    operation=eff.operation,
+                    timeout=ctx.timeout,
+                )
+
+            return fn
+
+        resolve = None
+        if eff.resolve is not None:
+            resolver = eff.resolve
+
+            def resolve(r: Route[Any]) -> Callable[[CallContext], Any]:
+                return lambda ctx: run_call(
+                    client,
+                    resolver(r.provider),
+                    provider=r.name,
+                    operation=eff.operation,
+                    timeout=self.timeouts.read,
+                )
+
+        return router.call(
+            eff.operation,
+            eff.kind,
+            make,
+            resolve=resolve,
+            hedge=eff.hedge,
+            providers=eff.providers,
+        )
+
+    def _run(self, op: Op[T]) -> T:
+        try:
+            eff = next(op)
+            while True:
+                try:
+                    result = self._invoke(eff)
+                except Exception as exc:  # noqa: BLE001 - handed to the operation to decide
+                    eff = op.throw(exc)
+                else:
+                    eff = op.send(result)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        finally:
+            op.close()
+
+    def _deliver(self, item: OutboxItem) -> None:
+        self._run(
+            _ops.replay(self._parts.state, item.operation, item.payload, item.idempotency_key)
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        self._worker.wake()
+
+    def start(self) -> None:
+        """Start the outbox replay worker (``with app:`` does this)."""
+        self._worker.start()
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until the outbox is empty; False when ``timeout`` passed first."""
+        if not self._worker.running:
+            self._worker.start()
+        return self._worker.drain(timeout)
+
+    def close(self) -> None:
+        """Stop the worker, close the HTTP client (if ours) and the state."""
+        self._worker.stop()
+        if self._own_client:
+            self._client.close()
+        self._close_state()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class _Service:
+    def __init__(self, app: SuperApp) -> None:
+        self._app = app
+        self._st = app._parts.state
+
+
+class _Chat(_Service):
+    """``app.chat``."""
+
+    def send(
+        self,
+        *,
+        to: str,
+        text: str,
+        conversation: str | None = None,
+        idempotency_key: str | None = None,
+        defer: bool = True,
+    ) -> Outcome[MessageReceipt]:
+        """Send ``text`` to app-level user ``to`` through the first provider that has an
+        address for them. When none can take it now and ``defer`` is true, the message is
+        persisted and ``Via.QUEUED`` returned with a ``ticket``; it is delivered, in order
+        within its conversation, when a provider is back."""
+        return self._app._run(
+            _ops.chat_send(
+                self._st,
+                to=to,
+                text=text,
+                conversation=conversation,
+                idempotency_key=idempotency_key,
+                defer=defer,
+            )
+        )
+
+    def history(self, conversation: str, *, limit: int = 50) -> Outcome[list[Message]]:
+        """The last ``limit`` messages of ``conversation``; from the cache (``Via.CACHE``,
+        with ``stale_for``) when no provider can answer."""
+        return self._app._run(_ops.chat_history(self._st, conversation=conversation, limit=limit))
+
+
+class _Payment(_Service):
+    """``app.payment``."""
+
+    def start(
+        self,
+        *,
+        order_id: str,
+        amount: int,
+        currency: str = "KRW",
+        item_name: str,
+        user_id: str,
+        return_url: str,
+    ) -> Outcome[Checkout]:
+        """Begin a payment the user approves at the provider (redirect to
+        ``outcome.value.redirect_url``)."""
+        return self._app._run(
+            _ops.payment_start(
+                self._st,
+                order_id=order_id,
+                amount=amount,
+                currency=currency,
+                item_name=item_name,
+                user_id=user_id,
+                return_url=return_url,
+            )
+        )
+
+    def confirm(self, *, order_id: str, approval: Approval) -> Outcome[Payment]:
+        """Complete a payment the user approved; queued (``Via.QUEUED``) when its provider
+        is down, within the approval's validity."""
+        return self._app._run(_ops.payment_confirm(self._st, order_id=order_id, approval=approval))
+
+    def charge(
+        self,
+        *,
+        order_id: str,
+        amount: int,
+        currency: str = "KRW",
+        user_id: str,
+        offline: OfflinePolicy = OfflinePolicy.DENY,
+    ) -> Outcome[Payment]:
+        """Charge the user's stored billing key. At most one successful charge per
+        ``order_id``, ever, across all providers: one idempotency key per order is
+        persisted before the first send, and failover happens only when the first
+        provider provably did not execute."""
+        return self._app._run(
+            _ops.payment_charge(
+                self._st,
+                order_id=order_id,
+                amount=amount,
+                currency=currency,
+                user_id=user_id,
+                offline=offline,
+            )
+        )
+
+    def cancel(self, *, order_id: str, amount: int | None = None, reason: str) -> Outcome[Payment]:
+        """Refund the order, or ``amount`` of it, at the provider that charged it."""
+        return self._app._run(
+            _ops.payment_cancel(self._st, order_id=order_id, amount=amount, reason=reason)
+        )
+
+    def status(self, order_id: str) -> Outcome[Payment]:
+        """The order as its provider sees it; cached when the provider is down."""
+        return self._app._run(_ops.payment_status(self._st, order_id=order_id))
+
+
+class _Identity(_Service):
+    """``app.identity``."""
+
+    def login_url(
+        self,
+        *,
+        state: str,
+        nonce: str,
+        redirect_uri: str | None = None,
+        provider: str | None = None,
+    ) -> Outcome[LoginRedirect]:
+        """Where to send the user to log in: ``provider``'s, or the first available one's."""
+        return _login_url(self._app, state, nonce, redirect_uri, provider)
+
+    def complete_login(
+        self,
+        *,
+        provider: str,
+        code: str,
+        nonce: str | None = None,
+        redirect_uri: str | None = None,
+    ) -> Outcome[Session]:
+        """Exchange the authorization code, verify the ID token, open a session for the
+        app-level user linked to the provider's subject."""
+        return self._app._run(
+            _ops.identity_complete(
+                self._st, provider=provider, code=code, nonce=nonce, redirect_uri=redirect_uri
+            )
+        )
+
+    def verify(self, token: str) -> Outcome[Claims]:
+        """Verify an ID token against its issuer's key set (cached on disk, so this works
+        while the issuer is down: ``Via.CACHE``)."""
+        return self._app._run(_ops.identity_verify(self._st, token=token))
+
+    def refresh(self, session_id: str) -> Outcome[Session]:
+        """Renew a session; while its provider is down, extend it as a grace session
+        (``Via.OFFLINE``, read scope, bounded time)."""
+        return self._app._run(_ops.identity_refresh(self._st, session_id=session_id))
+
+    def logout(self, session_id: str) -> None:
+        """End a session and forget its tokens."""
+        _ops.identity_logout(self._st, session_id=session_id)
+
+    def link(self, user_id: str, *, provider: str, subject: str) -> None:
+        """Link ``subject`` at identity ``provider`` to app-level ``user_id``."""
+        self._st.directory.link(user_id, provider=provider, subject=subject)
+
+
+class _Mobility(_Service):
+    """``app.mobility``."""
+
+    def estimate(self, *, origin: Place, destination: Place) -> Outcome[Estimate]:
+        """Fare and duration; hedged across providers, cached when all are down."""
+        return self._app._run(
+            _ops.mobility_estimate(self._st, origin=origin, destination=destination)
+        )
+
+    def request_ride(
+        self,
+        *,
+        rider: str,
+        origin: Place,
+        destination: Place,
+        idempotency_key: str | None = None,
+    ) -> Outcome[Ride]:
+        """Request a ride from the first available provider."""
+        return self._app._run(
+            _ops.mobility_request_ride(
+                self._st,
+                rider=rider,
+                origin=origin,
+                destination=destination,
+                idempotency_key=idempotency_key,
+            )
+        )
+
+    def ride(self, ride_id: str) -> Outcome[Ride]:
+        """A ride's current state, from the provider that has it."""
+        return self._app._run(_ops.mobility_ride(self._st, ride_id=ride_id))
+
+    def cancel_ride(self, ride_id: str) -> Outcome[Ride]:
+        """Cancel a ride at the provider that has it."""
+        return self._app._run(_ops.mobility_cancel_ride(self._st, ride_id=ride_id))
+
+    def end_rental(self, *, rental_id: str, location: Place, at: float) -> Outcome[RentalReceipt]:
+        """End a rental now, or queue the end (``Via.QUEUED``) so the rider is not billed
+        for a scooter they parked while the provider was down."""
+        return self._app._run(
+            _ops.mobility_end_rental(self._st, rental_id=rental_id, location=location, at=at)
+        )
+
+    def handoff(self, *, origin: Place, destination: Place) -> list[DeepLink]:
+        """Deep links into every configured mobility app, for the user to take over."""
+        return _ops.mobility_handoff(self._st, origin=origin, destination=destination)
+
+
+def _login_url(
+    app: _Base, state: str, nonce: str, redirect_uri: str | None, provider: str | None
+) -> Outcome[LoginRedirect]:
+    _ops._text("state", state, limit=512)
+    _ops._text("nonce", nonce, limit=512)
+    router = app._parts.routers.get(Capability.IDENTITY)
+    if router is None:
+        raise Unavailable("no identity provider is configured", operation="identity.login_url")
+    route, attempts = router.choose(
+        "identity.authorize_url", providers=(provider,) if provider else None
+    )
+    redirect = route.provider.authorize_url(state=state, nonce=nonce, redirect_uri=redirect_uri)
+    return _ops.identity_login_url(redirect, route.name, route is router.routes[0], attempts)
+
+
+# -- async -----------------------------------------------------------------------------------
+
+
+class AsyncSuperApp(_Base):
+    """The SDK for asyncio: the same API as :class:`SuperApp`, every operation awaitable.
+
+    ::
+
+        async with AsyncSuperApp(chat=[KakaoTalk(...), LineMessaging(...)]) as app:
+            outcome = await app.chat.send(to="user-1", text="hi")
+    """
+
+    def __init__(self, *, http_client: httpx.AsyncClient | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        self._own_client = http_client is None
+        self._client = http_client or httpx.AsyncClient(timeout=httpx.Timeout(10.0))
+        self._worker = AsyncOutboxWorker(self.outbox, self._deliver, poll_floor=1.0)
+        self._loop_thread: threading.Thread | None = None
+        self.chat = _AsyncChat(self)
+        self.payment = _AsyncPayment(self)
+        self.identity = _AsyncIdentity(self)
+        self.mobility = _AsyncMobility(self)
+        self.directory = _DirectoryService(self._parts.state.directory)
+
+    @classmethod
+    def from_config(
+        cls, source: str | os.PathLike[str] | Mapping[str, Any], **overrides: Any
+    ) -> Self:
+        """Build from a TOML file or a dict (see :mod:`superapp_sdk._config`)."""
+        from superapp_sdk._config import load_config
+
+        return cls(**{**load_config(source), **overrides})
+
+    async def _invoke(self, eff: Invoke) -> Routed[Any]:
+        router = self._parts.routers.get(eff.capability)
+        if router is None:
+            raise Unavailable(
+                f"no {eff.capability.value} provider is configured", operation=eff.operation
+            )
+        client = self._client
+
+        def make(r: Route[Any]) -> Callable[[CallContext], Any]:
+            async def fn(ctx: CallContext) -> Any:
+                return await arun_call(
+                    client,
+                    eff.build(r.provider),
+                    provider=r.name,
+                    operation=eff.operation,
+                    timeout=ctx.timeout,
+                )
+
+            return fn
+
+        resolve = None
+        if eff.resolve is not None:
+            resolver = eff.resolve
+
+            def resolve(r: Route[Any]) -> Callable[[CallContext], Any]:
+                async def fn(ctx: CallContext) -> Any:
+                    return await arun_call(
+                        client,
+                        resolver(r.provider),
+                        provider=r.name,
+                        operation=eff.operation,
+                        timeout=self.timeouts.read,
+                    )
+
+                return fn
+
+        return await router.acall(
+            eff.operation,
+            eff.kind,
+            make,
+            resolve=resolve,
+            hedge=eff.hedge,
+            providers=eff.providers,
+        )
+
+    async def _run(self, op: Op[T]) -> T:
+        try:
+            eff = next(op)
+            while True:
+                try:
+                    result = await self._invoke(eff)
+                except Exception as exc:  # noqa: BLE001 - handed to the operation to decide
+                    eff = op.throw(exc)
+                else:
+                    eff = op.send(result)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        finally:
+            op.close()
+
+    async def _deliver(self, item: OutboxItem) -> None:
+        await self._run(
+            _ops.replay(self._parts.state, item.operation, item.payload, item.idempotency_key)
+        )
+
+    def _wake(self) -> None:
+        self._worker.wake()
+
+    async def start(self) -> None:
+        """Start the outbox replay task (``async with app:`` does this)."""
+        self._worker.start()
+
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Wait until the outbox is empty; False when ``timeout`` passed first."""
+        self._worker.start()
+        return await self._worker.drain(timeout)
+
+    async def aclose(self) -> None:
+        """Stop the worker, cancel background probes, close the client (if ours) and state."""
+        await self._worker.stop()
+        for router in self._parts.routers.values():
+            await router.aclose()
+        if self._own_client:
+            await self._client.aclose()
+        self._close_state()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class _AsyncService:
+    def __init__(self, app: AsyncSuperApp) -> None:
+        self._app = app
+        self._st = app._parts.state
+
+
+class _AsyncChat(_AsyncService):
+    """``app.chat`` (async); see :class:`SuperApp`'s ``chat``."""
+
+    async def send(
+        self,
+        *,
+        to: str,
+        text: str,
+        conversation: str | None = None,
+        idempotency_key: str | None = None,
+        defer: bool = True,
+    ) -> Outcome[MessageReceipt]:
+        """As :meth:`_Chat.send`."""
+        return await self._app._run(
+            _ops.chat_send(
+                self._st,
+                to=to,
+                text=text,
+                conversation=conversation,
+                idempotency_key=idempotency_key,
+                defer=defer,
+            )
+        )
+
+    async def history(self, conversation: str, *, limit: int = 50) -> Outcome[list[Message]]:
+        """As :meth:`_Chat.history`."""
+        return await self._app._run(
+            _ops.chat_history(self._st, conversation=conversation, limit=limit)
+        )
+
+
+class _AsyncPayment(_AsyncService):
+    """``app.payment`` (async)."""
+
+    async def start(
+        self,
+        *,
+        order_id: str,
+        amount: int,
+        currency: str = "KRW",
+        item_name: str,
+        user_id: str,
+        return_url: str,
+    ) -> Outcome[Checkout]:
+        """As :meth:`_Payment.start`."""
+        return await self._app._run(
+            _ops.payment_start(
+                self._st,
+                order_id=order_id,
+                amount=amount,
+                currency=currency,
+                item_name=item_name,
+                user_id=user_id,
+                return_url=return_url,
+            )
+        )
+
+    async def confirm(self, *, order_id: str, approval: Approval) -> Outcome[Payment]:
+        """As :meth:`_Payment.confirm`."""
+        return await self._app._run(
+            _ops.payment_confirm(self._st, order_id=order_id, approval=approval)
+        )
+
+    async def charge(
+        self,
+        *,
+        order_id: str,
+        amount: int,
+        currency: str = "KRW",
+        user_id: str,
+        offline: OfflinePolicy = OfflinePolicy.DENY,
+    ) -> Outcome[Payment]:
+        """As :meth:`_Payment.charge`."""
+        return await self._app._run(
+            _ops.payment_charge(
+                self._st,
+                order_id=order_id,
+                amount=amount,
+                currency=currency,
+                user_id=user_id,
+                offline=offline,
+            )
+        )
+
+    async def cancel(
+        self, *, order_id: str, amount: int | None = None, reason: str
+    ) -> Outcome[Payment]:
+        """As :meth:`_Payment.cancel`."""
+        return await self._app._run(
+            _ops.payment_cancel(self._st, order_id=order_id, amount=amount, reason=reason)
+        )
+
+    async def status(self, order_id: str) -> Outcome[Payment]:
+        """As :meth:`_Payment.status`."""
+        return await self._app._run(_ops.payment_status(self._st, order_id=order_id))
+
+
+class _AsyncIdentity(_AsyncService):
+    """``app.identity`` (async)."""
+
+    async def login_url(
+        self,
+        *,
+        state: str,
+        nonce: str,
+        redirect_uri: str | None = None,
+        provider: str | None = None,
+    ) -> Outcome[LoginRedirect]:
+        """As :meth:`_Identity.login_url`."""
+        return _login_url(self._app, state, nonce, redirect_uri, provider)
+
+    async def complete_login(
+        self,
+        *,
+        provider: str,
+        code: str,
+        nonce: str | None = None,
+        redirect_uri: str | None = None,
+    ) -> Outcome[Session]:
+        """As :meth:`_Identity.complete_login`."""
+        return await self._app._run(
+            _ops.identity_complete(
+                self._st, provider=provider, code=code, nonce=nonce, redirect_uri=redirect_uri
+            )
+        )
+
+    async def verify(self, token: str) -> Outcome[Claims]:
+        """As :meth:`_Identity.verify`."""
+        return await self._app._run(_ops.identity_verify(self._st, token=token))
+
+    async def refresh(self, session_id: str) -> Outcome[Session]:
+        """As :meth:`_Identity.refresh`."""
+        return await self._app._run(_ops.identity_refresh(self._st, session_id=session_id))
+
+    async def logout(self, session_id: str) -> None:
+        """As :meth:`_Identity.logout`."""
+        _ops.identity_logout(self._st, session_id=session_id)
+
+    async def link(self, user_id: str, *, provider: str, subject: str) -> None:
+        """As :meth:`_Identity.link`."""
+        self._st.directory.link(user_id, provider=provider, subject=subject)
+
+
+class _AsyncMobility(_AsyncService):
+    """``app.mobility`` (async)."""
+
+    async def estimate(self, *, origin: Place, destination: Place) -> Outcome[Estimate]:
+        """As :meth:`_Mobility.estimate`."""
+        return await self._app._run(
+            _ops.mobility_estimate(self._st, origin=origin, destination=destination)
+        )
+
+    async def request_ride(
+        self,
+        *,
+        rider: str,
+        origin: Place,
+        destination: Place,
+        idempotency_key: str | None = None,
+    ) -> Outcome[Ride]:
+        """As :meth:`_Mobility.request_ride`."""
+        return await self._app._run(
+            _ops.mobility_request_ride(
+                self._st,
+                rider=rider,
+                origin=origin,
+                destination=destination,
+                idempotency_key=idempotency_key,
+            )
+        )
+
+    async def ride(self, ride_id: str) -> Outcome[Ride]:
+        """As :meth:`_Mobility.ride`."""
+        return await self._app._run(_ops.mobility_ride(self._st, ride_id=ride_id))
+
+    async def cancel_ride(self, ride_id: str) -> Outcome[Ride]:
+        """As :meth:`_Mobility.cancel_ride`."""
+        return await self._app._run(_ops.mobility_cancel_ride(self._st, ride_id=ride_id))
+
+    async def end_rental(
+        self, *, rental_id: str, location: Place, at: float
+    ) -> Outcome[RentalReceipt]:
+        """As :meth:`_Mobility.end_rental`."""
+        return await self._app._run(
+            _ops.mobility_end_rental(self._st, rental_id=rental_id, location=location, at=at)
+        )
+
+    async def handoff(self, *, origin: Place, destination: Place) -> list[DeepLink]:
+        """As :meth:`_Mobility.handoff`."""
+        return _ops.mobility_handoff(self._st, origin=origin, destination=destination)
