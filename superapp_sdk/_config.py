@@ -45,9 +45,9 @@ PROVIDER_TYPES: dict[str, str] = {
     "kakao.talk": "superapp_sdk.providers.kakao:KakaoTalk",
     "kakao.pay": "superapp_sdk.providers.kakao:KakaoPay",
     "kakao.mobility": "superapp_sdk.providers.kakao:KakaoMobility",
-    "echo.login": "superapp_sdk.testing.echo:EchoIdentity",
+    "echo.login": "superapp_sdk.testing.echo:EchoLogin",
     "echo.chat": "superapp_sdk.testing.echo:EchoChat",
-    "echo.pay": "superapp_sdk.testing.echo:EchoPayment",
+    "echo.pay": "superapp_sdk.testing.echo:EchoPay",
     "echo.mobility": "superapp_sdk.testing.echo:EchoMobility",
 }
 

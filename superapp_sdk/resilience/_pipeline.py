@@ -127,9 +127,20 @@ class Pipeline:
         ctx._fn = fn
         return self._sync(ctx)  # type: ignore[no-any-return]
 
-    async def acall(self, fn: Callable[[CallContext], Awaitable[T]], *, operation: str = "") -> T:
-        """Await ``fn`` through the pipeline."""
+    async def acall(
+        self,
+        fn: Callable[[CallContext], Awaitable[T]],
+        *,
+        operation: str = "",
+        probe: bool | None = None,
+        max_timeout: float | None = None,
+        last_resort: bool = True,
+    ) -> T:
+        """Await ``fn`` through the pipeline (arguments as for :meth:`call`)."""
         ctx = CallContext(operation)
+        ctx.probe = probe
+        ctx.max_timeout = max_timeout
+        ctx.last_resort = last_resort
         ctx._afn = fn
         return await self._async(ctx)  # type: ignore[no-any-return]
 
