@@ -529,24 +529,29 @@ class SuperApp(_Base):
 
             return fn
 
-        resolve = None
-        if eff.resolve is not None:
-            resolver = eff.resolve
-
-            def resolve(r: Route[Any]) -> Callable[[CallContext], Any]:
+        def direct(
+            build: Callable[[Any], Any], timeout: float | None
+        ) -> Callable[[Route[Any]], Callable[[CallContext], Any]]:
+            def for_route(r: Route[Any]) -> Callable[[CallContext], Any]:
                 return lambda ctx: run_call(
                     client,
-                    resolver(r.provider),
+                    build(r.provider),
                     provider=r.name,
                     operation=eff.operation,
-                    timeout=self.timeouts.read,
+                    timeout=ctx.timeout if timeout is None else timeout,
                 )
 
+            return for_route
+
+        resolve = direct(eff.resolve, self.timeouts.read) if eff.resolve is not None else None
+        probe_build = _ops.default_probe(eff.capability)
+        probe = direct(probe_build, None) if probe_build is not None else None
         return router.call(
             eff.operation,
             eff.kind,
             make,
             resolve=resolve,
+            probe=probe,
             hedge=eff.hedge,
             providers=eff.providers,
         )
@@ -877,27 +882,32 @@ class AsyncSuperApp(_Base):
 
             return fn
 
-        resolve = None
-        if eff.resolve is not None:
-            resolver = eff.resolve
-
-            def resolve(r: Route[Any]) -> Callable[[CallContext], Any]:
+        def direct(
+            build: Callable[[Any], Any], timeout: float | None
+        ) -> Callable[[Route[Any]], Callable[[CallContext], Any]]:
+            def for_route(r: Route[Any]) -> Callable[[CallContext], Any]:
                 async def fn(ctx: CallContext) -> Any:
                     return await arun_call(
                         client,
-                        resolver(r.provider),
+                        build(r.provider),
                         provider=r.name,
                         operation=eff.operation,
-                        timeout=self.timeouts.read,
+                        timeout=ctx.timeout if timeout is None else timeout,
                     )
 
                 return fn
 
+            return for_route
+
+        resolve = direct(eff.resolve, self.timeouts.read) if eff.resolve is not None else None
+        probe_build = _ops.default_probe(eff.capability)
+        probe = direct(probe_build, None) if probe_build is not None else None
         return await router.acall(
             eff.operation,
             eff.kind,
             make,
             resolve=resolve,
+            probe=probe,
             hedge=eff.hedge,
             providers=eff.providers,
         )

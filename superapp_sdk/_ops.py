@@ -932,6 +932,28 @@ def mobility_handoff(st: State, *, origin: Place, destination: Place) -> list[De
     return links
 
 
+# -- probes --------------------------------------------------------------------------------
+
+_PROBE_ROUTE = (Place(37.5665, 126.9780), Place(37.5547, 126.9707))
+_PROBE_ORDER = "superapp-health-probe"
+
+
+def default_probe(capability: Capability) -> Callable[[Any], Call[Any]] | None:
+    """A cheap, harmless call that tells whether a recovering provider answers again.
+
+    Probes run in the background, so no user waits on a provider that is still dead. A
+    refusal counts as an answer (the status of an order that does not exist). Chat has no
+    harmless call: its recovery is probed by a user's message with a short timeout.
+    """
+    if capability is Capability.IDENTITY:
+        return lambda p: p.jwks()
+    if capability is Capability.PAYMENT:
+        return lambda p: p.status(order_id=_PROBE_ORDER, provider_ref=_PROBE_ORDER)
+    if capability is Capability.MOBILITY:
+        return lambda p: p.estimate(origin=_PROBE_ROUTE[0], destination=_PROBE_ROUTE[1])
+    return None
+
+
 # -- outbox replay -----------------------------------------------------------------------
 
 

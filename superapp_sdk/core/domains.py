@@ -44,6 +44,12 @@ class DomainOptions:
         open_seconds / open_backoff / max_open_seconds / jitter: the open time, as for
             the breaker.
         probe_successes: successful probes that close a half-open domain.
+        suspect_seconds: after a *timeout* in a closed domain, the domain is suspect for
+            this long (0 turns it off): user calls of every capability skip it, as if it
+            were open, while one probe finds out whether the domain is dark. A dark data
+            center then costs one full timeout in total instead of one per capability
+            before enough capabilities have failed to open it; a success anywhere in the
+            domain clears the suspicion at once.
     """
 
     window_seconds: float = 30.0
@@ -54,6 +60,7 @@ class DomainOptions:
     max_open_seconds: float = 120.0
     jitter: float = 0.1
     probe_successes: int = 2
+    suspect_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         def check(ok: bool, name: str, allowed: str, value: object) -> None:
@@ -88,6 +95,12 @@ class DomainOptions:
         )
         check(0 <= self.jitter < 1, "jitter", "in [0, 1)", self.jitter)
         check(self.probe_successes >= 1, "probe_successes", ">= 1", self.probe_successes)
+        check(
+            self.suspect_seconds >= 0 and math.isfinite(self.suspect_seconds),
+            "suspect_seconds",
+            "a finite number >= 0",
+            self.suspect_seconds,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +120,8 @@ class _Domain:
     state: DomainState = DomainState.CLOSED
     open_until: float = 0.0
     consecutive_opens: int = 0
+    suspect_until: float = 0.0
+    suspect_probing: bool = False
     probes_left: int = 0
     probe_successes: int = 0
     # capability -> times of failures since its last success
@@ -150,12 +165,26 @@ class FailureDomainDetector:
         return d.state
 
     def allows(self, domain: str, now: float) -> bool:
-        """True when user calls may go to this domain's providers (it is closed)."""
+        """True when user calls may go to this domain's providers (closed, not suspect)."""
         d = self._domains.get(domain)
-        return d is None or d.state is DomainState.CLOSED
+        return d is None or (d.state is DomainState.CLOSED and now >= d.suspect_until)
+
+    def is_suspect(self, domain: str, now: float) -> bool:
+        """True while a closed domain is suspect after a timeout (see ``suspect_seconds``)."""
+        d = self._domains.get(domain)
+        return d is not None and d.state is DomainState.CLOSED and now < d.suspect_until
 
     def try_probe(self, domain: str, now: float) -> bool:
-        """Take a probe slot of a half-open domain; False when none is available."""
+        """Take a probe slot of a half-open or suspect domain; False when none is available.
+
+        A suspect domain has one probe slot at a time.
+        """
+        if self.is_suspect(domain, now):
+            d = self._domains[domain]
+            if d.suspect_probing:
+                return False
+            d.suspect_probing = True
+            return True
         if self.state(domain, now) is not DomainState.HALF_OPEN:
             return False
         d = self._domains[domain]
@@ -167,6 +196,8 @@ class FailureDomainDetector:
     def release_probe(self, domain: str) -> None:
         """Return a probe slot taken by :meth:`try_probe` without a result."""
         d = self._domains.get(domain)
+        if d is not None:
+            d.suspect_probing = False
         if d is not None and d.state is DomainState.HALF_OPEN:
             d.probes_left = min(d.probes_left + 1, self.options.probe_successes)
 
@@ -187,16 +218,32 @@ class FailureDomainDetector:
     # -- events ------------------------------------------------------------------------
 
     def record_failure(
-        self, domain: str, capability: str, now: float, *, probe: bool = False
+        self,
+        domain: str,
+        capability: str,
+        now: float,
+        *,
+        probe: bool = False,
+        timeout: bool = False,
     ) -> None:
-        """A provider of ``capability`` in ``domain`` failed (no usable answer)."""
+        """A provider of ``capability`` in ``domain`` failed (no usable answer).
+
+        ``timeout`` says the failure was a timeout: the signature of a dark data center
+        (accepting nothing, answering nothing), which makes a closed domain suspect.
+        """
         d = self._get(domain)
         if probe:
             if d.state is DomainState.HALF_OPEN:
                 self._open(domain, d, now, "half-open probe failed", ())
-            return
+                return
+            if d.suspect_probing:
+                d.suspect_probing = False
+            else:
+                return
         times = d.failures.setdefault(capability, [])
         times.append(now)
+        if timeout and d.state is DomainState.CLOSED and self.options.suspect_seconds > 0:
+            d.suspect_until = max(d.suspect_until, now + self.options.suspect_seconds)
         self._evaluate(domain, d, now)
 
     def record_success(
@@ -206,6 +253,9 @@ class FailureDomainDetector:
         d = self._get(domain)
         d.failures.pop(capability, None)
         d.breaker_opened.pop(capability, None)
+        # Any answer from the domain proves it is not dark.
+        d.suspect_until = 0.0
+        d.suspect_probing = False
         if probe and d.state is DomainState.HALF_OPEN:
             d.probe_successes += 1
             if d.probe_successes >= self.options.probe_successes:
@@ -228,6 +278,8 @@ class FailureDomainDetector:
     def reset(self, domain: str, now: float) -> None:
         """Close the domain and forget its failures."""
         d = self._get(domain)
+        d.suspect_until = 0.0
+        d.suspect_probing = False
         d.failures.clear()
         d.breaker_opened.clear()
         d.consecutive_opens = 0
@@ -271,6 +323,8 @@ class FailureDomainDetector:
         factor = 1.0 + self._rng.uniform(-opts.jitter, opts.jitter) if opts.jitter else 1.0
         d.open_until = now + base * factor
         d.consecutive_opens += 1
+        d.suspect_until = 0.0
+        d.suspect_probing = False
         self._to(domain, d, DomainState.OPEN, now, reason, capabilities)
 
     def _half_open(self, domain: str, d: _Domain, now: float) -> None:

@@ -15,7 +15,16 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from superapp_sdk._errors import CircuitOpen, NoAnswer, Rejected, Unavailable
+import httpx
+
+from superapp_sdk._errors import (
+    CircuitOpen,
+    NoAnswer,
+    ProviderRefused,
+    RateLimited,
+    Rejected,
+    Unavailable,
+)
 from superapp_sdk._outcome import Attempt
 from superapp_sdk.capabilities._common import Provider
 from superapp_sdk.core.breaker import BreakerState, StateChange
@@ -45,8 +54,10 @@ class OutcomeUnknown(NoAnswer):
     """A payment may or may not have executed, and its status could not be learned.
 
     The router does not fail over (that could charge twice); the caller must resolve it
-    later, by a status query or through the outbox.
+    later, by a status query or through the outbox. ``attempts`` lists the tries made.
     """
+
+    attempts: tuple[Attempt, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,15 +142,28 @@ class SharedDetector:
         self._flush()
         return ok
 
-    def record(self, domain: str, capability: str, *, ok: bool, probe: bool = False) -> None:
-        """Feed one result."""
+    def record(
+        self,
+        domain: str,
+        capability: str,
+        *,
+        ok: bool,
+        probe: bool = False,
+        timeout: bool = False,
+    ) -> None:
+        """Feed one result (``timeout``: the failure was a timeout)."""
         now = self.timer.monotonic()
         with self._lock:
             if ok:
                 self.detector.record_success(domain, capability, now, probe=probe)
             else:
-                self.detector.record_failure(domain, capability, now, probe=probe)
+                self.detector.record_failure(domain, capability, now, probe=probe, timeout=timeout)
         self._flush()
+
+    def is_suspect(self, domain: str) -> bool:
+        """True while the domain is suspect after a timeout."""
+        with self._lock:
+            return self.detector.is_suspect(domain, self.timer.monotonic())
 
     def breaker_opened(self, domain: str, capability: str) -> None:
         """A breaker of a provider of ``capability`` in ``domain`` opened."""
@@ -250,22 +274,27 @@ class Router(Generic[P]):
         *,
         can_probe_aside: bool,
         providers: Collection[str] | None = None,
+        inline_probes: bool = True,
     ) -> tuple[list[tuple[Route[P], str]], list[Route[P]], list[Route[P]]]:
         """Split the routes into (eligible, to probe aside, domains to probe aside).
 
         Each eligible route carries its mode: ``""`` for a normal call, ``"probe"`` or
         ``"domain"`` when the call itself must be the probe (no probe call is available
-        for this operation) and so runs with the short probe timeout.
+        for this operation) and so runs with the short probe timeout. Payments are never
+        used as probes (``inline_probes=False``): a probe cut short by its timeout would
+        leave a charge of unknown outcome.
         """
         eligible: list[tuple[Route[P], str]] = []
         probes: list[Route[P]] = []
         domain_probes: list[Route[P]] = []
         for r in self._order(operation, providers):
             if not self.detector.allows(r.domain):
-                if self.detector.state(r.domain) is DomainState.HALF_OPEN:
+                if self.detector.state(
+                    r.domain
+                ) is DomainState.HALF_OPEN or self.detector.is_suspect(r.domain):
                     if can_probe_aside:
                         domain_probes.append(r)
-                    elif self.detector.try_probe(r.domain):
+                    elif inline_probes and self.detector.try_probe(r.domain):
                         eligible.append((r, "domain"))
                         continue
                 attempts.append(Attempt(r.name, "DomainOpen", 0.0, skipped=True))
@@ -284,7 +313,7 @@ class Router(Generic[P]):
                 if breaker.probe_due():
                     if can_probe_aside:
                         probes.append(r)
-                    else:
+                    elif inline_probes:
                         eligible.append((r, "probe"))
                         continue
                 attempts.append(Attempt(r.name, "CircuitOpen", 0.0, skipped=True))
@@ -334,7 +363,16 @@ class Router(Generic[P]):
         elif (
             isinstance(exc, Exception) and default_failure(exc) and not isinstance(exc, CircuitOpen)
         ):
-            self.detector.record(route.domain, self.capability, ok=False, probe=probe)
+            self.detector.record(
+                route.domain,
+                self.capability,
+                ok=False,
+                probe=probe,
+                timeout=isinstance(exc, TimeoutError | httpx.TimeoutException),
+            )
+        elif isinstance(exc, ProviderRefused) and not isinstance(exc, RateLimited):
+            # A refusal is an answer: the domain is alive.
+            self.detector.record(route.domain, self.capability, ok=True, probe=probe)
 
     def _routed(self, value: Any, route: Route[P], attempts: list[Attempt]) -> Routed[Any]:
         return Routed(value, route.name, route is self.routes[0], tuple(attempts))
@@ -386,7 +424,11 @@ class Router(Generic[P]):
         attempts: list[Attempt] = []
         prober = probe or (make if kind is OperationKind.READ else None)
         eligible, probes, domain_probes = self._plan(
-            operation, attempts, can_probe_aside=prober is not None, providers=providers
+            operation,
+            attempts,
+            can_probe_aside=prober is not None,
+            providers=providers,
+            inline_probes=kind is not OperationKind.PAYMENT,
         )
         for r in probes:
             self._spawn_probe(r, prober, domain=False, operation=operation)
@@ -459,7 +501,7 @@ class Router(Generic[P]):
         lock: threading.Lock,
     ) -> Any:
         if resolve is None:
-            raise _Stop(self._unknown(r, exc, operation)) from exc
+            raise _Stop(self._unknown(r, exc, operation, attempts)) from exc
         start = self.timer.monotonic()
         ctx = CallContext(operation + ".resolve")
         try:
@@ -467,13 +509,15 @@ class Router(Generic[P]):
         except Exception as err:
             with lock:
                 attempts.append(Attempt(r.name, type(err).__name__, self.timer.monotonic() - start))
-            raise _Stop(self._unknown(r, exc, operation)) from err
+            raise _Stop(self._unknown(r, exc, operation, attempts)) from err
         if value is None:
             raise exc  # provably not executed: fail over
         return _Found(value, r)
 
     @staticmethod
-    def _unknown(r: Route[P], exc: BaseException, operation: str) -> OutcomeUnknown:
+    def _unknown(
+        r: Route[P], exc: BaseException, operation: str, attempts: list[Attempt]
+    ) -> OutcomeUnknown:
         err = OutcomeUnknown(
             f"{operation} at {r.name}: outcome unknown after {type(exc).__name__}; "
             "not failed over to avoid a double charge",
@@ -481,6 +525,7 @@ class Router(Generic[P]):
             operation=operation,
             request_sent=True,
         )
+        err.attempts = tuple(attempts)
         err.__cause__ = exc
         return err
 
@@ -503,6 +548,8 @@ class Router(Generic[P]):
                 return
             try:
                 prober(r)(ctx)
+            except ProviderRefused:
+                self.detector.record(r.domain, self.capability, ok=True, probe=True)
             except Exception:  # noqa: BLE001 - the probe's failure is the information
                 self.detector.record(r.domain, self.capability, ok=False, probe=True)
             else:
@@ -517,6 +564,8 @@ class Router(Generic[P]):
         start = breaker._now()
         try:
             prober(r)(ctx)
+        except ProviderRefused:
+            breaker.settle(permit, start, None)  # a refusal is an answer: it is alive
         except BaseException as exc:
             breaker.settle(permit, start, exc)
             if not isinstance(exc, Exception):
@@ -556,7 +605,11 @@ class Router(Generic[P]):
         attempts: list[Attempt] = []
         prober = probe or (make if kind is OperationKind.READ else None)
         eligible, probes, domain_probes = self._plan(
-            operation, attempts, can_probe_aside=prober is not None, providers=providers
+            operation,
+            attempts,
+            can_probe_aside=prober is not None,
+            providers=providers,
+            inline_probes=kind is not OperationKind.PAYMENT,
         )
         for r in probes:
             self._aspawn_probe(r, prober, domain=False, operation=operation)
@@ -625,14 +678,14 @@ class Router(Generic[P]):
         attempts: list[Attempt],
     ) -> Any:
         if resolve is None:
-            raise _Stop(self._unknown(r, exc, operation)) from exc
+            raise _Stop(self._unknown(r, exc, operation, attempts)) from exc
         start = self.timer.monotonic()
         ctx = CallContext(operation + ".resolve")
         try:
             value = await resolve(r)(ctx)
         except Exception as err:
             attempts.append(Attempt(r.name, type(err).__name__, self.timer.monotonic() - start))
-            raise _Stop(self._unknown(r, exc, operation)) from err
+            raise _Stop(self._unknown(r, exc, operation, attempts)) from err
         if value is None:
             raise exc
         return _Found(value, r)
@@ -647,6 +700,8 @@ class Router(Generic[P]):
             try:
                 async with asyncio.timeout(ctx.timeout):
                     await prober(r)(ctx)
+            except ProviderRefused:
+                self.detector.record(r.domain, self.capability, ok=True, probe=True)
             except Exception:  # noqa: BLE001 - the probe's failure is the information
                 self.detector.record(r.domain, self.capability, ok=False, probe=True)
             else:
@@ -663,6 +718,8 @@ class Router(Generic[P]):
         try:
             async with asyncio.timeout(ctx.timeout):
                 await prober(r)(ctx)
+        except ProviderRefused:
+            breaker.settle(permit, start, None)  # a refusal is an answer: it is alive
         except BaseException as exc:
             breaker.settle(permit, start, exc)
             if not isinstance(exc, Exception):

@@ -12,7 +12,8 @@
 
 A mode change applies to open keep-alive connections too: a hanging proxy stops
 forwarding on every connection, which is what a client with a warm connection pool sees
-when a data center loses power.
+when a data center loses power. What was sent into the dark is never delivered later:
+when the proxy passes traffic again, connections that were held are closed.
 """
 
 from __future__ import annotations
@@ -214,10 +215,11 @@ class FaultProxy:
                 if not data:
                     break
                 if not self._passing():
-                    # A dark data center: keep the connection, answer nothing.
+                    # A dark data center: keep the connection, answer nothing. Bytes that
+                    # arrived while it was dark are never delivered: its hosts restart, and
+                    # connections from before the outage end instead of resuming.
                     await self._resume.wait()
-                    if not self._passing():
-                        break
+                    break
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
