@@ -28,6 +28,7 @@ import importlib
 import json
 import stat
 import sys
+import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -134,12 +135,30 @@ def _state_dir(args: argparse.Namespace) -> Path:
     if args.state_dir is not None:
         return Path(args.state_dir)
     if args.config is not None:
-        from superapp_sdk._config import load_config
-
-        configured = load_config(args.config).get("state_dir")
-        if isinstance(configured, str):
-            return Path(configured)
+        configured = _configured_state_dir(Path(args.config))
+        if configured is not None:
+            return configured
     return Path(DEFAULT_STATE_DIR)
+
+
+def _configured_state_dir(config: Path) -> Path | None:
+    """The config file's ``state_dir``, read without building its providers.
+
+    The outbox and keys commands need no provider, so a provider secret missing from this
+    shell's environment must not stop them.
+    """
+    try:
+        data = tomllib.loads(config.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CommandError(f"cannot read config file {config}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise CommandError(f"config file {config} is not valid TOML: {exc}") from exc
+    value = data.get("state_dir")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise CommandError(f"config file {config}: state_dir must be a string")
+    return Path(value)
 
 
 def _existing_state_dir(args: argparse.Namespace) -> Path:

@@ -285,6 +285,25 @@ def test_state_dir_comes_from_the_config(
     assert json.loads(out)["total"] == 4
 
 
+def test_outbox_commands_do_not_build_providers(
+    state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A provider secret missing from the environment does not stop `outbox list`."""
+    monkeypatch.delenv("SUPERAPP_TEST_UNSET_TOKEN", raising=False)
+    config = tmp_path / "superapp.toml"
+    config.write_text(
+        f"state_dir = {json.dumps(str(state))}\n\n"
+        '[[chat]]\ntype = "kakao.talk"\naccess_token = { env = "SUPERAPP_TEST_UNSET_TOKEN" }\n',
+        encoding="utf-8",
+    )
+    code, out, err = run(capsys, "--config", str(config), "outbox", "list", "--json")
+    assert code == 0, err
+    assert json.loads(out)["total"] == 4
+    code, _, err = run(capsys, "--config", str(config), "status")
+    assert code == 1
+    assert "SUPERAPP_TEST_UNSET_TOKEN" in err
+
+
 def test_invalid_config_fails_with_a_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
