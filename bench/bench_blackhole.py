@@ -9,7 +9,8 @@ configured with a 1 s timeout:
 * superapp's router with hedging: a backup call to the fallback after the primary's p95.
 
 Each first makes healthy calls so the primary's latency is known, then the primary's
-proxy is switched to HANG.
+proxy is switched to HANG. The server and the proxy run in a child process (see
+``bench/_server.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import httpx
 import pybreaker
 
 from bench._common import BenchProvider, median, pct, table
+from bench._server import ChildServer
 from superapp_sdk.capabilities._common import Capability
 from superapp_sdk.core.breaker import BreakerOptions
 from superapp_sdk.core.budget import RetryBudget
@@ -38,8 +40,7 @@ from superapp_sdk.resilience import (
     Timeout,
     retryable_unless_timeout,
 )
-from superapp_sdk.testing._proxy import Burn, FaultProxy
-from superapp_sdk.testing._servers import UvicornServer, echo_app
+from superapp_sdk.testing import Burn
 
 TIMEOUT = 1.0
 CALLS = 200
@@ -78,10 +79,10 @@ def _summary(name: str, latencies: list[float], waits: list[float], full: int) -
     }
 
 
-def run_pybreaker(server: UvicornServer) -> dict[str, Any]:
+def run_pybreaker() -> dict[str, Any]:
     """pybreaker(fail_max=5) around the primary, fallback on any error."""
-    with FaultProxy(server.port) as proxy:
-        primary = httpx.Client(base_url=proxy.url, timeout=TIMEOUT)
+    with ChildServer() as server:
+        primary = httpx.Client(base_url=server.proxy_url, timeout=TIMEOUT)
         fallback = httpx.Client(base_url=server.url, timeout=TIMEOUT)
         breaker = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=30)
 
@@ -93,7 +94,7 @@ def run_pybreaker(server: UvicornServer) -> dict[str, Any]:
 
         for _ in range(WARM):
             call()
-        proxy.set(Burn.HANG)
+        server.set(Burn.HANG)
         latencies = []
         for _ in range(CALLS):
             t0 = time.perf_counter()
@@ -106,11 +107,11 @@ def run_pybreaker(server: UvicornServer) -> dict[str, Any]:
     return _summary("pybreaker(5) + fallback", latencies, waits, full)
 
 
-def run_router(server: UvicornServer, *, hedge: bool) -> dict[str, Any]:
+def run_router(*, hedge: bool) -> dict[str, Any]:
     """superapp's router over the blackholed primary and the healthy fallback."""
-    with FaultProxy(server.port) as proxy:
+    with ChildServer() as server:
         clients = {
-            "primary": httpx.Client(base_url=proxy.url),
+            "primary": httpx.Client(base_url=server.proxy_url),
             "fallback": httpx.Client(base_url=server.url),
         }
         budget = SharedBudget(RetryBudget())
@@ -134,7 +135,7 @@ def run_router(server: UvicornServer, *, hedge: bool) -> dict[str, Any]:
         adaptive = routes[0].pipeline.find(Timeout)
         assert adaptive is not None
         timeout_used = adaptive.current(routes[0].pipeline.latency)
-        proxy.set(Burn.HANG)
+        server.set(Burn.HANG)
         latencies: list[float] = []
         waits: list[float] = []
         served_by: dict[str, int] = {}
@@ -175,12 +176,7 @@ def run_router(server: UvicornServer, *, hedge: bool) -> dict[str, Any]:
 
 def blackhole(quick: bool) -> dict[str, Any]:
     """Run the three variants against one healthy server."""
-    with UvicornServer(echo_app) as server:
-        results = [
-            run_pybreaker(server),
-            run_router(server, hedge=False),
-            run_router(server, hedge=True),
-        ]
+    results = [run_pybreaker(), run_router(hedge=False), run_router(hedge=True)]
     rows = [
         (
             r["variant"],

@@ -18,6 +18,7 @@ import pybreaker
 import tenacity
 
 from bench._common import median, table
+from bench._server import ChildServer
 from superapp_sdk.core.breaker import BreakerOptions
 from superapp_sdk.core.budget import RetryBudget
 from superapp_sdk.resilience import (
@@ -29,7 +30,6 @@ from superapp_sdk.resilience import (
     SharedBudget,
     Timeout,
 )
-from superapp_sdk.testing._servers import UvicornServer, echo_app
 
 
 def full_pipeline(name: str) -> Pipeline:
@@ -57,7 +57,7 @@ def _pybreaker_tenacity(call: Callable[[], Any]) -> Callable[[], Any]:
 def http_overhead(quick: bool) -> dict[str, Any]:
     """Loopback GETs: raw httpx vs ResilientTransport vs pybreaker + tenacity."""
     rounds, per_round = (7, 100) if quick else (21, 300)
-    with UvicornServer(echo_app) as server:
+    with ChildServer() as server:
         raw = httpx.Client(base_url=server.url)
         ours = httpx.Client(
             base_url=server.url,
