@@ -17,6 +17,7 @@ from bench import bench_blackhole, bench_overhead
 SECTIONS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "http_overhead": bench_overhead.http_overhead,
     "inprocess_cost": bench_overhead.inprocess_cost,
+    "concurrency": bench_overhead.concurrency,
     "blackhole": bench_blackhole.blackhole,
 }
 

@@ -154,3 +154,48 @@ def inprocess_cost(quick: bool) -> dict[str, Any]:
         )
     )
     return {"us_per_call": {k: median(v) for k, v in results.items()}}
+
+
+def concurrency(quick: bool) -> dict[str, Any]:
+    """8 threads x 10 calls of 10 ms each through one breaker: our breaker holds its lock
+    only around decisions; pybreaker holds it for the whole call."""
+    import threading
+
+    threads, calls, work = 8, (5 if quick else 10), 0.010
+
+    def target() -> None:
+        time.sleep(work)
+
+    ours = Pipeline(CircuitBreaker(BreakerOptions(minimum_calls=10)), name="concurrent")
+    pyb = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=30)
+    variants: dict[str, Callable[[], Any]] = {
+        "no breaker": target,
+        "superapp CircuitBreaker": lambda: ours.call(lambda _c: target()),
+        "pybreaker": lambda: pyb.call(target),
+    }
+    results: dict[str, float] = {}
+    for name, fn in variants.items():
+        barrier = threading.Barrier(threads)
+
+        def worker(fn: Callable[[], Any] = fn, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            for _ in range(calls):
+                fn()
+
+        pool = [threading.Thread(target=worker) for _ in range(threads)]
+        t0 = time.perf_counter()
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join(60)
+        results[name] = time.perf_counter() - t0
+    base = results["no breaker"]
+    print(
+        table(
+            f"Concurrency: {threads} threads x {calls} calls of {work * 1e3:g} ms "
+            "through one breaker",
+            ("variant", "wall s", "x no breaker"),
+            [(k, v, v / base) for k, v in results.items()],
+        )
+    )
+    return {"wall_s": results, "ratio": {k: v / base for k, v in results.items()}}
