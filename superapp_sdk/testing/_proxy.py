@@ -188,6 +188,8 @@ class FaultProxy:
                 _abort(writer, reset=True)
                 return
             self._writers.add(up_writer)
+            for w in (writer, up_writer):
+                _nodelay(w)
             try:
                 await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
             finally:
@@ -228,6 +230,15 @@ class FaultProxy:
             if writer.can_write_eof():
                 with contextlib.suppress(OSError):
                     writer.write_eof()
+
+
+def _nodelay(writer: asyncio.StreamWriter) -> None:
+    # A proxy forwards whatever arrives as it arrives; with Nagle on, a response written
+    # as headers then body waits for the client's delayed ACK (~40 ms) on the second part.
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _abort(writer: asyncio.StreamWriter, *, reset: bool) -> None:
