@@ -256,23 +256,29 @@ def test_release_probe_returns_a_slot() -> None:
     assert det.try_probe("kakao", 15.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="try_probe returns a bool, not a token: a probe taken in an earlier half-open "
-    "period and released in this one adds a slot, so more than probe_successes probes go",
-)
 def test_stale_probe_release_adds_no_slot() -> None:
     """A probe from an earlier half-open period, released now, does not add a slot."""
     det = make(probe_successes=2)
     open_kakao(det)
     assert det.try_probe("kakao", 15.0)
     assert det.try_probe("kakao", 15.0)  # the stale probe, still in flight
+    stale = det.probe_epoch("kakao")
     det.record_failure("kakao", "chat", 15.0, probe=True)
     reopened = 15.0 + (det.retry_after("kakao", 15.0) or 0.0)
     assert det.try_probe("kakao", reopened)
     assert det.try_probe("kakao", reopened)
-    det.release_probe("kakao")  # the stale one comes back
+    det.release_probe("kakao", stale)  # the stale one comes back
     assert not det.try_probe("kakao", reopened)
+
+
+def test_release_with_the_current_epoch_returns_a_slot() -> None:
+    """A probe released in the period it was taken gives its slot back."""
+    det = make(probe_successes=2)
+    open_kakao(det)
+    assert det.try_probe("kakao", 15.0)
+    assert det.try_probe("kakao", 15.0)
+    det.release_probe("kakao", det.probe_epoch("kakao"))
+    assert det.try_probe("kakao", 15.0)
 
 
 # -- manual control and reporting ------------------------------------------------------

@@ -123,6 +123,7 @@ class _Domain:
     suspect_until: float = 0.0
     suspect_probing: bool = False
     probes_left: int = 0
+    epoch: int = 0
     probe_successes: int = 0
     # capability -> times of failures since its last success
     failures: dict[str, list[float]] = field(default_factory=dict)
@@ -193,12 +194,23 @@ class FailureDomainDetector:
         d.probes_left -= 1
         return True
 
-    def release_probe(self, domain: str) -> None:
-        """Return a probe slot taken by :meth:`try_probe` without a result."""
+    def probe_epoch(self, domain: str) -> int:
+        """The domain's current period; read it right after :meth:`try_probe` and hand it
+        to :meth:`release_probe`, so a probe that outlives its period gives nothing back."""
         d = self._domains.get(domain)
-        if d is not None:
-            d.suspect_probing = False
-        if d is not None and d.state is DomainState.HALF_OPEN:
+        return 0 if d is None else d.epoch
+
+    def release_probe(self, domain: str, epoch: int | None = None) -> None:
+        """Return a probe slot taken by :meth:`try_probe` without a result.
+
+        With ``epoch`` (from :meth:`probe_epoch` when the slot was taken), a slot taken in
+        an earlier half-open or suspect period is not returned to the current one.
+        """
+        d = self._domains.get(domain)
+        if d is None or (epoch is not None and epoch != d.epoch):
+            return
+        d.suspect_probing = False
+        if d.state is DomainState.HALF_OPEN:
             d.probes_left = min(d.probes_left + 1, self.options.probe_successes)
 
     def retry_after(self, domain: str, now: float) -> float | None:
@@ -243,6 +255,8 @@ class FailureDomainDetector:
         times = d.failures.setdefault(capability, [])
         times.append(now)
         if timeout and d.state is DomainState.CLOSED and self.options.suspect_seconds > 0:
+            if d.suspect_until <= now:
+                d.epoch += 1  # a new suspect period
             d.suspect_until = max(d.suspect_until, now + self.options.suspect_seconds)
         self._evaluate(domain, d, now)
 
@@ -343,6 +357,7 @@ class FailureDomainDetector:
     ) -> None:
         old = d.state
         d.state = new
+        d.epoch += 1
         if old is not new:
             self.changes.append(DomainChange(domain, old, new, now, reason, capabilities))
 
