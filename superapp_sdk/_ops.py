@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import json
 import secrets
 from collections.abc import Callable, Collection, Generator
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 from superapp_sdk import _codec
 from superapp_sdk._directory import Directory
 from superapp_sdk._errors import (
+    IdempotencyConflict,
     InvalidRequest,
     NotApplicable,
     OfflineCapExceeded,
@@ -129,7 +131,11 @@ def _outcome(routed: Routed[T], value: T | None = None) -> Outcome[T]:
 
 @dataclass(frozen=True, slots=True)
 class PaymentRecord:
-    """What the SDK keeps per order: the one idempotency key, and where the order is."""
+    """What the SDK keeps per order: the one idempotency key, and where the order is.
+
+    ``payment`` is kept without its ``billing_key``; a billing key issued with the payment
+    (KakaoPay ``sid``) is kept sealed in ``sealed_billing_key``.
+    """
 
     order_id: str
     idempotency_key: str
@@ -139,6 +145,7 @@ class PaymentRecord:
     provider_ref: str | None = None
     status: PaymentStatus = PaymentStatus.PENDING
     payment: Payment | None = None
+    sealed_billing_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +239,38 @@ def new_key(prefix: str) -> str:
     return f"{prefix}_{secrets.token_urlsafe(18)}"
 
 
+#: How long a caller's idempotency key stays bound to its request (Stripe keeps keys for
+#: 24 hours).
+_KEY_SECONDS = 24 * 3600.0
+
+
+def _claim_key(st: State, operation: str, key: str, payload: object) -> None:
+    """Bind a caller's idempotency ``key`` to this request before anything is sent.
+
+    A provider that has seen the key refuses another payload under it, but the router
+    would then fail over to a provider that has not, and send it there; so a key reused
+    with a different payload is refused here, for every provider at once.
+
+    Raises:
+        IdempotencyConflict: ``key`` was used for a different ``operation`` request.
+    """
+    canonical = json.dumps(_codec.encode(payload), sort_keys=True, separators=(",", ":"))
+    fingerprint = hashlib.sha256(canonical.encode()).hexdigest().encode()
+    name = f"idempotency:{operation}:{key}"
+    if st.store.add(name, fingerprint, ttl=_KEY_SECONDS):
+        return
+    stored = st.store.get(name)
+    if stored is None:  # expired between add and get
+        st.store.set(name, fingerprint, ttl=_KEY_SECONDS)
+    elif stored != fingerprint:
+        raise IdempotencyConflict(
+            f"idempotency key {key!r} was already used for a different {operation} request;"
+            " nothing was sent",
+            operation=operation,
+            code="idempotency_conflict",
+        )
+
+
 # -- chat --------------------------------------------------------------------------------
 
 
@@ -254,6 +293,8 @@ def chat_send(
     )
     entity = f"chat:{conversation or to}"
     payload = {"to": to, "text": text, "conversation": conversation}
+    if idempotency_key and not replay:
+        _claim_key(st, "chat.send", key, payload)
     if not replay and defer and st.outbox.has_pending(entity):
         # Earlier messages of this conversation are still queued: keep their order.
         ticket = st.enqueue(entity, "chat.send", payload, key)
@@ -406,8 +447,18 @@ def _status_then(call: Call[Payment], done: Collection[PaymentStatus]) -> Call[P
     return flow()
 
 
+def _billing_purpose(order_id: str) -> str:
+    return f"payment-billing:{order_id}"
+
+
 def _settle(st: State, record: PaymentRecord, routed: Routed[Payment]) -> Outcome[Payment]:
     payment = routed.value
+    sealed = None
+    if payment.billing_key is not None:
+        # A billing key is a secret: never at rest in plain text (DESIGN.md section 6).
+        sealed = st.sealer.seal(
+            payment.billing_key.encode(), purpose=_billing_purpose(record.order_id)
+        ).hex()
     st.save(
         _record_key(record.order_id),
         dataclasses.replace(
@@ -415,10 +466,23 @@ def _settle(st: State, record: PaymentRecord, routed: Routed[Payment]) -> Outcom
             provider=routed.provider,
             provider_ref=payment.provider_ref,
             status=payment.status,
-            payment=payment,
+            payment=dataclasses.replace(payment, billing_key=None),
+            sealed_billing_key=sealed,
         ),
     )
     return _outcome(routed)
+
+
+def _kept_payment(st: State, record: PaymentRecord) -> Payment | None:
+    """The order's recorded Payment, with its billing key unsealed."""
+    if record.payment is None or record.sealed_billing_key is None:
+        return record.payment
+    try:
+        raw = bytes.fromhex(record.sealed_billing_key)
+    except ValueError as exc:
+        raise StoreError(f"billing key of order {record.order_id!r} is corrupted") from exc
+    key = st.sealer.open(raw, purpose=_billing_purpose(record.order_id)).decode()
+    return dataclasses.replace(record.payment, billing_key=key)
 
 
 def payment_confirm(
@@ -431,8 +495,9 @@ def payment_confirm(
     record = _payment_record(st, order_id)
     if record is None or record.provider is None:
         raise InvalidRequest(f"order {order_id!r} was not started with payment.start")
-    if record.status is PaymentStatus.APPROVED and record.payment is not None:
-        return Outcome(value=record.payment, via=Via.PRIMARY, provider=record.provider)
+    kept = _kept_payment(st, record)
+    if record.status is PaymentStatus.APPROVED and kept is not None:
+        return Outcome(value=kept, via=Via.PRIMARY, provider=record.provider)
     holder: str = record.provider
     record = dataclasses.replace(record, provider_ref=approval.provider_ref)
     try:
@@ -491,9 +556,10 @@ def payment_charge(
         raise ValueError(f"offline must be an OfflinePolicy, got {offline!r}")
     money = Money(amount, currency)
     record = _new_record(st, order_id, money, user_id)
-    if record.status is PaymentStatus.APPROVED and record.payment is not None:
+    kept = _kept_payment(st, record)
+    if record.status is PaymentStatus.APPROVED and kept is not None:
         # At most one successful charge per order: a repeat returns the first.
-        return Outcome(value=record.payment, via=Via.PRIMARY, provider=record.provider)
+        return Outcome(value=kept, via=Via.PRIMARY, provider=record.provider)
 
     def build(p: PaymentProvider) -> Call[Payment]:
         key = st.directory.billing_key(user_id, p.name)
@@ -577,7 +643,8 @@ def payment_status(st: State, *, order_id: str) -> Op[Outcome[Payment]]:
         )
     except Unavailable as exc:
         return st.cache_get(Payment, cache_key, exc)
-    st.cache_put(cache_key, routed.value, "payment.status")
+    # Secrets never go into the read cache: a cached status comes without its billing key.
+    st.cache_put(cache_key, dataclasses.replace(routed.value, billing_key=None), "payment.status")
     return _outcome(routed)
 
 
@@ -839,6 +906,13 @@ def mobility_request_ride(
     key = (
         _text("idempotency_key", idempotency_key, limit=255) if idempotency_key else new_key("ride")
     )
+    if idempotency_key:
+        _claim_key(
+            st,
+            "mobility.request_ride",
+            key,
+            {"rider": rider, "origin": origin, "destination": destination},
+        )
     routed = yield Invoke(
         Capability.MOBILITY,
         "mobility.request_ride",
