@@ -140,7 +140,7 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str,
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
