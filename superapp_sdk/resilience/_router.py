@@ -160,6 +160,11 @@ class SharedDetector:
                 self.detector.record_failure(domain, capability, now, probe=probe, timeout=timeout)
         self._flush()
 
+    def release_probe(self, domain: str) -> None:
+        """Give back a probe slot taken by :meth:`try_probe` that produced no result."""
+        with self._lock:
+            self.detector.release_probe(domain)
+
     def is_suspect(self, domain: str) -> bool:
         """True while the domain is suspect after a timeout."""
         with self._lock:
@@ -199,6 +204,22 @@ class _Stop(Exception):
     def __init__(self, error: BaseException) -> None:
         super().__init__()
         self.error = error
+
+
+def _stop_as_result(attempt: Callable[[Any], Any], item: Any) -> Any:
+    # A hedge race treats a raised error as "try the next one": a business refusal must
+    # instead end the race, so it is returned, and the first result wins.
+    try:
+        return attempt(item)
+    except _Stop as stop:
+        return stop
+
+
+async def _astop_as_result(attempt: Callable[[Any], Awaitable[Any]], item: Any) -> Any:
+    try:
+        return await attempt(item)
+    except _Stop as stop:
+        return stop
 
 
 class Router(Generic[P]):
@@ -328,7 +349,9 @@ class Router(Generic[P]):
         route, mode = item
         options: dict[str, Any] = {"last_resort": route is eligible[-1][0]}
         if mode:
-            options["probe"] = mode == "probe"
+            # A domain probe may also be its breaker's half-open probe: otherwise a
+            # provider whose breaker and domain both wait for a probe gets neither.
+            options["probe"] = True
         return options
 
     def _probe_cap(self, mode: str) -> dict[str, Any]:
@@ -373,6 +396,10 @@ class Router(Generic[P]):
         elif isinstance(exc, ProviderRefused) and not isinstance(exc, RateLimited):
             # A refusal is an answer: the domain is alive.
             self.detector.record(route.domain, self.capability, ok=True, probe=probe)
+        elif probe:
+            # No word on the domain (the breaker refused the call, a 429): hand the probe
+            # slot back, or a half-open domain runs out of probes and never closes.
+            self.detector.release_probe(route.domain)
 
     def _routed(self, value: Any, route: Route[P], attempts: list[Attempt]) -> Routed[Any]:
         return Routed(value, route.name, route is self.routes[0], tuple(attempts))
@@ -471,8 +498,10 @@ class Router(Generic[P]):
             if hedge and kind is OperationKind.READ and len(eligible) > 1:
                 first = eligible[0][0].pipeline.latency
                 delay = hedge_delay(first, 0.95, 0.05, 20)
-                fns = [functools.partial(attempt, item) for item in eligible]
+                fns = [functools.partial(_stop_as_result, attempt, item) for item in eligible]
                 found = run_hedged(fns[0], fns[1:], delay)
+                if isinstance(found, _Stop):
+                    raise found
             else:
                 found = None
                 for item in eligible:
@@ -484,7 +513,9 @@ class Router(Generic[P]):
                     except Exception:  # noqa: BLE001, S112 - recorded; fail over to the next
                         continue
         except _Stop as stop:
-            raise stop.error from None
+            # Keep the error's own cause (the timeout behind an OutcomeUnknown, the HTTP
+            # error behind a Declined); hide only the internal _Stop.
+            raise stop.error from stop.error.__cause__
         except Exception:  # noqa: BLE001 - every hedged try failed and was recorded
             found = None
         if isinstance(found, _Found):
@@ -650,8 +681,10 @@ class Router(Generic[P]):
         try:
             if hedge and kind is OperationKind.READ and len(eligible) > 1:
                 delay = hedge_delay(eligible[0][0].pipeline.latency, 0.95, 0.05, 20)
-                fns = [functools.partial(attempt, item) for item in eligible]
+                fns = [functools.partial(_astop_as_result, attempt, item) for item in eligible]
                 found = await arun_hedged(fns[0], fns[1:], delay)
+                if isinstance(found, _Stop):
+                    raise found
             else:
                 for item in eligible:
                     try:
@@ -662,7 +695,9 @@ class Router(Generic[P]):
                     except Exception:  # noqa: BLE001, S112 - recorded; fail over to the next
                         continue
         except _Stop as stop:
-            raise stop.error from None
+            # Keep the error's own cause (the timeout behind an OutcomeUnknown, the HTTP
+            # error behind a Declined); hide only the internal _Stop.
+            raise stop.error from stop.error.__cause__
         except Exception:  # noqa: BLE001 - every hedged try failed and was recorded
             found = None
         if isinstance(found, _Found):
