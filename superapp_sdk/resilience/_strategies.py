@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import httpx
 import tenacity
 
 from superapp_sdk._errors import (
@@ -669,13 +670,21 @@ class Timeout(_Bound):
     provider that normally answers in 20 ms is declared dead after ~60 ms, not after a
     fixed second. The deadline, when shorter, wins.
 
+    After ``backoff_after`` timeouts in a row the timeout doubles for each further one
+    (up to ``seconds``) until a try succeeds: the timer back-off of TCP's retransmission
+    timeout (RFC 6298, section 5.5). A provider that has slowed down for good (20 ms to
+    100 ms) then gets through, and its new latency is learned; one that is dead is left to
+    the breaker, which opens long before the back-off grows far.
+
     Sync callables must honour ``ctx.timeout`` (``ResilientTransport`` hands it to httpx);
     async ones are also cancelled when it passes.
     """
 
     __slots__ = (
         "_cached",
+        "_timeouts_in_a_row",
         "adaptive",
+        "backoff_after",
         "floor",
         "host",
         "min_samples",
@@ -693,10 +702,13 @@ class Timeout(_Bound):
         percentile: float = 0.99,
         floor: float = 0.05,
         min_samples: int = 20,
+        backoff_after: int = 3,
     ) -> None:
         self.host: Host | None = None
         if not seconds > 0:
             raise ValueError(f"Timeout.seconds must be > 0, got {seconds!r}")
+        if backoff_after < 1:
+            raise ValueError(f"Timeout.backoff_after must be >= 1, got {backoff_after!r}")
         if not multiplier >= 1:
             raise ValueError(f"Timeout.multiplier must be >= 1, got {multiplier!r}")
         if not 0 < percentile <= 1:
@@ -711,10 +723,19 @@ class Timeout(_Bound):
         self.percentile = percentile
         self.floor = floor
         self.min_samples = min_samples
+        self.backoff_after = backoff_after
         self._cached: tuple[int, float] = (-1, seconds)
+        self._timeouts_in_a_row = 0
 
     def current(self, latency: LatencyTracker | None = None) -> float:
         """The per-try timeout a call would get now."""
+        learned = self._learned(latency)
+        excess = self._timeouts_in_a_row - self.backoff_after + 1
+        if excess <= 0 or learned >= self.seconds:
+            return learned
+        return min(self.seconds, learned * (1 << min(excess, 32)))
+
+    def _learned(self, latency: LatencyTracker | None) -> float:
         tracker = latency if latency is not None else (self.host.latency if self.host else None)
         if not self.adaptive or tracker is None:
             return self.seconds
@@ -751,10 +772,18 @@ class Timeout(_Bound):
             raise OperationTimeout(
                 "deadline passed before the try", operation=ctx.operation or None
             )
-        result = nxt(ctx)
-        assert self.host is not None
-        self.host.latency.record(self.host.timer.monotonic() - start)
+        try:
+            result = nxt(ctx)
+        except (TimeoutError, httpx.TimeoutException):
+            self._timeouts_in_a_row += 1
+            raise
+        self._succeeded(start)
         return result
+
+    def _succeeded(self, start: float) -> None:
+        assert self.host is not None
+        self._timeouts_in_a_row = 0
+        self.host.latency.record(self.host.timer.monotonic() - start)
 
     async def arun(self, ctx: CallContext, nxt: AsyncNext) -> Any:
         """Await the try within its timeout; record the latency of a success."""
@@ -766,7 +795,11 @@ class Timeout(_Bound):
         try:
             async with asyncio.timeout(t):
                 result = await nxt(ctx)
+        except httpx.TimeoutException:
+            self._timeouts_in_a_row += 1
+            raise
         except TimeoutError as exc:
+            self._timeouts_in_a_row += 1
             if isinstance(exc, OperationTimeout):
                 raise
             err = OperationTimeout(
@@ -779,8 +812,7 @@ class Timeout(_Bound):
             if getattr(exc.__cause__ or exc.__context__, NO_RETRY_ATTR, False):
                 setattr(err, NO_RETRY_ATTR, True)
             raise err from exc
-        assert self.host is not None
-        self.host.latency.record(self.host.timer.monotonic() - start)
+        self._succeeded(start)
         return result
 
     def __repr__(self) -> str:
