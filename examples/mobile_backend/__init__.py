@@ -1,0 +1,1 @@
+"""A FastAPI backend for a mobile app, built on AsyncSuperApp."""
