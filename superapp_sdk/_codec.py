@@ -105,5 +105,6 @@ def loads(cls: type[T], raw: bytes, *, what: str) -> T:
     """Decode a stored record; :class:`StoreError` naming ``what`` when it is corrupt."""
     try:
         return decode(cls, json.loads(raw))
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+    # RecursionError: garbage nested deeper than the JSON parser goes.
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
         raise StoreError(f"stored {what} is unreadable ({type(exc).__name__}: {exc})") from exc

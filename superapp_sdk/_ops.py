@@ -222,10 +222,15 @@ class State:
         self.cache.put(key, _codec.encode(value), operation=operation)
 
     def cache_get(self, cls: type[T], key: str, exc: Unavailable) -> Outcome[T]:
-        hit = self.cache.get(key)
-        if hit is None:
-            raise exc
-        value = _codec.decode(cls, hit.value)
+        try:
+            hit = self.cache.get(key)
+            if hit is None:
+                raise exc
+            value = _codec.decode(cls, hit.value)
+        except (ValueError, TypeError, KeyError, RecursionError) as err:
+            raise StoreError(
+                f"cached answer {key!r} is unreadable ({type(err).__name__}: {err})"
+            ) from err
         return Outcome(value=value, via=Via.CACHE, stale_for=hit.stale_for, attempts=exc.attempts)
 
     def enqueue(self, entity: str, operation: str, payload: dict[str, Any], key: str) -> str:
