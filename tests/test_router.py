@@ -130,6 +130,7 @@ class FakeProvider:
         self.sent: list[Sent] = []
         self.payments: dict[str, str] = {}
         self.status_queries = 0
+        self.entered = threading.Event()
         self.finished = threading.Event()
         self._lock = threading.Lock()
 
@@ -173,6 +174,7 @@ class FakeProvider:
     def run(self, ctx: CallContext, key: str | None = None) -> str:
         """Serve one call (``key``: the idempotency key of a payment)."""
         started = self.ledger.next()
+        self.entered.set()
         outcome = "ok"
         try:
             if self.gate is not None:
@@ -187,6 +189,7 @@ class FakeProvider:
     async def arun(self, ctx: CallContext, key: str | None = None) -> str:
         """The async form of :meth:`run`."""
         started = self.ledger.next()
+        self.entered.set()
         outcome = "ok"
         try:
             if self.agate is not None:

@@ -257,6 +257,9 @@ class FailureDomainDetector:
         if timeout and d.state is DomainState.CLOSED and self.options.suspect_seconds > 0:
             if d.suspect_until <= now:
                 d.epoch += 1  # a new suspect period
+                # ... with its own probe slot, even if a probe of an earlier period never
+                # reported (its caller was cancelled): else nothing could probe this one.
+                d.suspect_probing = False
             d.suspect_until = max(d.suspect_until, now + self.options.suspect_seconds)
         self._evaluate(domain, d, now)
 

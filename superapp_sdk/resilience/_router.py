@@ -160,10 +160,16 @@ class SharedDetector:
                 self.detector.record_failure(domain, capability, now, probe=probe, timeout=timeout)
         self._flush()
 
-    def release_probe(self, domain: str) -> None:
-        """Give back a probe slot taken by :meth:`try_probe` that produced no result."""
+    def probe_epoch(self, domain: str) -> int:
+        """The domain's current probe period (see :meth:`release_probe`)."""
         with self._lock:
-            self.detector.release_probe(domain)
+            return self.detector.probe_epoch(domain)
+
+    def release_probe(self, domain: str, epoch: int | None = None) -> None:
+        """Give back a probe slot taken by :meth:`try_probe` that produced no result;
+        with ``epoch``, only to the period it was taken in."""
+        with self._lock:
+            self.detector.release_probe(domain, epoch)
 
     def is_suspect(self, domain: str) -> bool:
         """True while the domain is suspect after a timeout."""
@@ -379,7 +385,13 @@ class Router(Generic[P]):
         with self._lock:
             self._probing.discard(key)
 
-    def _record(self, route: Route[P], exc: BaseException | None, mode: str = "") -> None:
+    def _record(
+        self,
+        route: Route[P],
+        exc: BaseException | None,
+        mode: str = "",
+        epoch: int | None = None,
+    ) -> None:
         probe = mode == "domain"
         if exc is None:
             self.detector.record(route.domain, self.capability, ok=True, probe=probe)
@@ -399,7 +411,7 @@ class Router(Generic[P]):
         elif probe:
             # No word on the domain (the breaker refused the call, a 429): hand the probe
             # slot back, or a half-open domain runs out of probes and never closes.
-            self.detector.release_probe(route.domain)
+            self.detector.release_probe(route.domain, epoch)
 
     def _routed(self, value: Any, route: Route[P], attempts: list[Attempt]) -> Routed[Any]:
         return Routed(value, route.name, route is self.routes[0], tuple(attempts))
@@ -467,6 +479,7 @@ class Router(Generic[P]):
 
         def attempt(item: tuple[Route[P], str]) -> Any:
             r, mode = item
+            epoch = self.detector.probe_epoch(r.domain) if mode == "domain" else None
             start = self.timer.monotonic()
             try:
                 value = r.for_kind(kind).call(
@@ -480,7 +493,7 @@ class Router(Generic[P]):
                 skipped = isinstance(exc, Rejected)
                 with lock:
                     attempts.append(Attempt(r.name, type(exc).__name__, elapsed, skipped))
-                self._record(r, exc, mode)
+                self._record(r, exc, mode, epoch)
                 action = classify(
                     kind, exc, provider=r.name, operation=operation, overrides=self.classification
                 )
@@ -651,6 +664,7 @@ class Router(Generic[P]):
 
         async def attempt(item: tuple[Route[P], str]) -> Any:
             r, mode = item
+            epoch = self.detector.probe_epoch(r.domain) if mode == "domain" else None
             start = self.timer.monotonic()
             try:
                 value = await r.for_kind(kind).acall(
@@ -659,12 +673,18 @@ class Router(Generic[P]):
                     **self._options(item, eligible),
                     **self._probe_cap(mode),
                 )
+            except asyncio.CancelledError:
+                if mode == "domain":
+                    # The caller gave up: the probe has no result; free the slot for the
+                    # next one, or a half-open domain could run out of probes for good.
+                    self.detector.release_probe(r.domain, epoch)
+                raise
             except Exception as exc:
                 elapsed = self.timer.monotonic() - start
                 attempts.append(
                     Attempt(r.name, type(exc).__name__, elapsed, isinstance(exc, Rejected))
                 )
-                self._record(r, exc, mode)
+                self._record(r, exc, mode, epoch)
                 action = classify(
                     kind, exc, provider=r.name, operation=operation, overrides=self.classification
                 )
