@@ -31,11 +31,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from superapp_sdk._app import Timeouts
 from superapp_sdk._errors import ConfigError
 from superapp_sdk._ops import IdentityPolicy
 from superapp_sdk.core.breaker import BreakerOptions
 from superapp_sdk.core.budget import BudgetOptions
 from superapp_sdk.core.domains import DomainOptions
+from superapp_sdk.offline.outbox import OutboxPolicy
 
 __all__ = ["PROVIDER_TYPES", "load_config"]
 
@@ -57,8 +59,9 @@ _OPTIONS: dict[str, type[Any]] = {
     "domains": DomainOptions,
     "budget": BudgetOptions,
     "identity_policy": IdentityPolicy,
+    "timeouts": Timeouts,
 }
-_SCALARS = {"state_dir": (str,), "durable": (bool,)}
+_SCALARS = {"state_dir": (str,), "durable": (bool,), "store": (str,)}
 
 
 def _secret(value: Any, key: str) -> Any:
@@ -132,10 +135,12 @@ def _options(cls: type[Any], table: Any, key: str) -> Any:
 
 def load_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
     """Keyword arguments for ``SuperApp(...)`` from a TOML file path or a dict."""
+    base: Path | None = None
     if isinstance(source, Mapping):
         data: Mapping[str, Any] = source
     else:
         path = Path(source)
+        base = path.parent
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
@@ -150,13 +155,23 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str,
             kwargs[key] = [_provider(spec, f"{key}[{i}]") for i, spec in enumerate(value)]
         elif key in _OPTIONS:
             kwargs[key] = _options(_OPTIONS[key], value, key)
+        elif key == "outbox_policies":
+            if not isinstance(value, Mapping):
+                raise ConfigError("outbox_policies must be a table of tables", key=key)
+            kwargs[key] = {
+                op: _options(OutboxPolicy, table, f"{key}.{op}") for op, table in value.items()
+            }
         elif key in _SCALARS:
             if not isinstance(value, _SCALARS[key]):
                 raise ConfigError(f"{key} must be a {_SCALARS[key][0].__name__}", key=key)
             kwargs[key] = value
+            if key == "state_dir" and base is not None and not Path(str(value)).is_absolute():
+                # Relative to the file that names it, not to wherever the app was started.
+                kwargs[key] = str(base / str(value))
         else:
             raise ConfigError(
-                f"unknown key {key!r} (known: {sorted((*_CAPABILITIES, *_OPTIONS, *_SCALARS))})",
+                f"unknown key {key!r} (known: "
+                f"{sorted((*_CAPABILITIES, *_OPTIONS, *_SCALARS, 'outbox_policies'))})",
                 key=key,
             )
     return kwargs

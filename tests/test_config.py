@@ -329,3 +329,31 @@ def test_provider_of_another_capability_in_config_names_the_capability(tmp_path:
     with pytest.raises(ConfigError) as caught:
         SuperApp.from_config({"state_dir": str(tmp_path / "s"), "chat": [{"type": "echo.pay"}]})
     assert caught.value.key == "chat"
+
+
+def test_timeouts_and_outbox_policies_come_from_the_file(tmp_path: Path) -> None:
+    """[timeouts] and [outbox_policies.<operation>] tables become their option objects."""
+    path = _write(
+        tmp_path,
+        """
+        [timeouts]
+        read = 0.5
+        floor = 0.01
+
+        [outbox_policies."chat.send"]
+        max_attempts = 3
+        """,
+    )
+    kwargs = load_config(path)
+    assert kwargs["timeouts"].read == 0.5
+    assert kwargs["outbox_policies"]["chat.send"].max_attempts == 3
+    bad = _config_error({"outbox_policies": {"chat.send": {"max_attempts": 0}}})
+    assert bad.key == "outbox_policies.chat.send"
+
+
+def test_relative_state_dir_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    """state_dir = "state" in conf/superapp.toml means conf/state, wherever the app starts."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    path = _write(conf, 'state_dir = "state"\n')
+    assert load_config(path)["state_dir"] == str(conf / "state")

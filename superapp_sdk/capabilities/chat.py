@@ -8,6 +8,7 @@ pipeline and the outbox.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -27,7 +28,12 @@ def _check_str(owner: str, name: str, value: object, *, optional: bool = False) 
 
 
 def _check_time(owner: str, name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
         raise ValueError(f"{owner}.{name} must be seconds since the epoch (>= 0), got {value!r}")
 
 

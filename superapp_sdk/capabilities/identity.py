@@ -9,6 +9,7 @@ verify_id_token`, and builds :class:`Session` objects.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -39,8 +40,13 @@ def _check_str(owner: str, name: str, value: object, *, optional: bool = False) 
 def _check_seconds(owner: str, name: str, value: object, *, optional: bool = False) -> None:
     if value is None and optional:
         return
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError(f"{owner}.{name} must be a number of seconds >= 0, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"{owner}.{name} must be a finite number of seconds >= 0, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)

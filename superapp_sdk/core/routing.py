@@ -8,8 +8,9 @@ The router tries providers in priority order. After each failed try it asks
 action                 when
 =====================  ==========================================================
 ``FAIL_NOW``           the provider said no on business grounds (declined card,
-                       unknown recipient, bad code), or the request was malformed:
-                       another provider would refuse too, or worse, accept
+                       unknown recipient, bad code), the request was malformed, or
+                       its idempotency key was used for another payload: another
+                       provider would refuse too, or worse, accept
 ``FAIL_OVER``          no usable answer, and the operation is safe to send elsewhere
                        (a read, a write with an idempotency key, or a payment that
                        provably never left: connection refused, breaker open)
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 
 from superapp_sdk._errors import (
     Declined,
+    IdempotencyConflict,
     InvalidRequest,
     NoAnswer,
     ProviderRefused,
@@ -92,7 +94,9 @@ def classify(
         action = overrides.lookup(provider, operation, exc)
         if action is not None:
             return action
-    if isinstance(exc, Declined | InvalidRequest):
+    if isinstance(exc, Declined | InvalidRequest | IdempotencyConflict):
+        # IdempotencyConflict: the key was used with another payload; sending this one
+        # elsewhere would defeat the key.
         return Action.FAIL_NOW
     if isinstance(exc, Rejected):
         # We refused before sending (breaker, bulkhead, budget): nothing executed.

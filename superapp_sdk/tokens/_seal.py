@@ -8,6 +8,7 @@ copied to another record does not decrypt there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -35,16 +36,22 @@ class Sealer:
         path = self.path
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                key = path.read_bytes()
-            else:
-                key = AESGCM.generate_key(bit_length=256)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(key)
-                    f.flush()
-                    os.fsync(f.fileno())
+            if not path.exists():
+                # Written to a private temporary file, then linked into place: a process
+                # starting at the same moment sees either no key or the whole key, and
+                # os.link refuses to replace a key another process put there first.
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(AESGCM.generate_key(bit_length=256))
+                        f.flush()
+                        os.fsync(f.fileno())
+                    with contextlib.suppress(FileExistsError):
+                        os.link(tmp, path)
+                finally:
+                    tmp.unlink(missing_ok=True)
+            key = path.read_bytes()
         except OSError as exc:
             raise StoreError(
                 f"cannot read or create the sealing key {path}: {exc}", path=str(path)
