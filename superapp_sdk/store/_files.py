@@ -71,6 +71,12 @@ class SqliteFile:
     so a committed write survives power loss. With ``durable=False`` (``NORMAL``) a commit
     survives a crash of the process (``kill -9``) but the last commits may be lost if the
     machine itself loses power (https://www.sqlite.org/pragma.html#pragma_synchronous).
+
+    ``wal_autocheckpoint`` is how many WAL pages trigger a checkpoint (sqlite's default is
+    1000). A checkpoint copies the WAL into the database and syncs it, inside whichever
+    commit crossed the threshold; with a queue's write pattern, 4000 pages (16 MiB of WAL)
+    let repeated writes to the same pages coalesce, which measured ~30% less commit time
+    per outbox acknowledgement than 1000 (``python -m bench --only outbox``).
     """
 
     def __init__(
@@ -80,11 +86,18 @@ class SqliteFile:
         durable: bool = True,
         busy_timeout: float = 60.0,
         cache_kib: int = 8192,
+        wal_autocheckpoint: int = 4000,
     ) -> None:
+        if wal_autocheckpoint < 0:
+            raise ValueError(f"wal_autocheckpoint must be >= 0 pages, got {wal_autocheckpoint!r}")
         self.path = path
         self.durable = durable
         self._busy_timeout = busy_timeout
         self._cache_kib = cache_kib
+        self._wal_autocheckpoint = wal_autocheckpoint
+        # Writers of this process queue here rather than in sqlite's busy handler, which
+        # sleeps between retries (milliseconds) instead of waking the next writer at once.
+        self._write_lock = threading.Lock()
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
@@ -110,6 +123,7 @@ class SqliteFile:
             con.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
             con.execute(f"PRAGMA cache_size=-{int(self._cache_kib)}")
             con.execute("PRAGMA temp_store=MEMORY")
+            con.execute(f"PRAGMA wal_autocheckpoint={int(self._wal_autocheckpoint)}")
         except BaseException:
             con.close()
             raise
@@ -141,28 +155,31 @@ class SqliteFile:
         """``BEGIN IMMEDIATE`` ... ``COMMIT``: one writer at a time across threads and processes.
 
         The write lock is taken up front, so a read-then-write inside the block is atomic.
+        Threads of this process wait for each other on a mutex first, so only one of them
+        at a time asks sqlite for the lock.
         On any exception the transaction is rolled back; sqlite/OS errors become
         StoreError naming the path.
         """
-        try:
-            con = self.connection()
-            con.execute("BEGIN IMMEDIATE")
-        except (sqlite3.Error, OSError) as exc:
-            raise store_error(self.path, action, exc) from exc
-        try:
-            yield con
-            con.execute("COMMIT")
-        except BaseException as exc:
+        with self._write_lock:
             try:
-                if con.in_transaction:
-                    con.execute("ROLLBACK")
-            except sqlite3.Error:
-                # The original error is the one worth reporting; a failed rollback leaves
-                # the transaction to sqlite's own recovery on the next open.
-                pass
-            if isinstance(exc, sqlite3.Error | OSError):
+                con = self.connection()
+                con.execute("BEGIN IMMEDIATE")
+            except (sqlite3.Error, OSError) as exc:
                 raise store_error(self.path, action, exc) from exc
-            raise
+            try:
+                yield con
+                con.execute("COMMIT")
+            except BaseException as exc:
+                try:
+                    if con.in_transaction:
+                        con.execute("ROLLBACK")
+                except sqlite3.Error:
+                    # The original error is the one worth reporting; a failed rollback
+                    # leaves the transaction to sqlite's own recovery on the next open.
+                    pass
+                if isinstance(exc, sqlite3.Error | OSError):
+                    raise store_error(self.path, action, exc) from exc
+                raise
 
     def close(self) -> None:
         """Close every thread's connection (idempotent)."""
