@@ -510,3 +510,91 @@ async def test_async_worker_drains(outbox: Outbox) -> None:
     async with AsyncOutboxWorker(outbox, sender) as worker:
         assert await worker.drain(timeout=10) is True
     assert sent == [f"k{i}" for i in range(5)]
+
+
+def test_ack_and_claim_acks_then_returns_the_entitys_next_item(outbox: Outbox) -> None:
+    """The merged call acknowledges the item and leases the next one of the same entity."""
+    put(outbox, "k1")
+    second = put(outbox, "k2")
+    first = must_claim(outbox)
+    acked, following = outbox.ack_and_claim(
+        first.id, first.lease_token or "", "w1", lease_seconds=30
+    )
+    assert acked is True
+    assert following is not None
+    assert following.id == second.id
+    assert following.attempts == 1
+    assert outbox.get(first.id) is None
+    assert claim(outbox, "w2") is None  # the new head is leased by the merged call
+
+
+def test_ack_and_claim_with_a_lost_lease_acks_nothing(outbox: Outbox, clock: FakeClock) -> None:
+    """A stale token acknowledges nothing; the claim half still leases the reclaimable item."""
+    put(outbox, "k1")
+    stale = must_claim(outbox, "w1", lease=10)
+    clock.advance(11)
+    current = must_claim(outbox, "w2")
+    acked, following = outbox.ack_and_claim(
+        stale.id, stale.lease_token or "", "w1", lease_seconds=30
+    )
+    assert acked is False
+    assert following is None
+    assert outbox.ack(current.id, current.lease_token or "") is True
+
+
+def test_ack_and_claim_returns_none_when_the_queue_empties(outbox: Outbox) -> None:
+    """Acknowledging the last item returns no next item and leaves the outbox empty."""
+    put(outbox, "k1")
+    item = must_claim(outbox)
+    assert outbox.ack_and_claim(item.id, item.lease_token or "", "w1", lease_seconds=30) == (
+        True,
+        None,
+    )
+    assert outbox.depth() == 0
+
+
+def test_worker_sends_one_at_a_time_in_entity_order(outbox: Outbox) -> None:
+    """With concurrency=1 no two sends overlap, and each entity's items go out in order."""
+    sent: list[str] = []
+    in_flight = 0
+    overlap = False
+    lock = threading.Lock()
+
+    def sender(item: OutboxItem) -> None:
+        nonlocal in_flight, overlap
+        with lock:
+            in_flight += 1
+            overlap = overlap or in_flight > 1
+        threading.Event().wait(0.001)  # a send takes time, so a second sender could overlap
+        with lock:
+            in_flight -= 1
+            sent.append(item.idempotency_key)
+
+    for i in range(40):
+        put(outbox, f"k{i}", entity=f"e{i % 3}")
+    with OutboxWorker(outbox, sender, poll_floor=0.05, concurrency=1) as worker:
+        assert worker.drain(timeout=20) is True
+    assert overlap is False
+    assert sorted(sent) == sorted(f"k{i}" for i in range(40))
+    for entity in range(3):
+        mine = [int(k[1:]) for k in sent if int(k[1:]) % 3 == entity]
+        assert mine == sorted(mine)
+
+
+def test_stopping_the_worker_leaves_no_item_leased(outbox: Outbox) -> None:
+    """After stop, every item is delivered or claimable: none is left held by a dead lease."""
+    for i in range(30):
+        put(outbox, f"k{i}", entity=f"e{i}")
+    started = threading.Event()
+
+    def sender(item: OutboxItem) -> None:
+        started.set()
+        threading.Event().wait(0.002)
+
+    worker = OutboxWorker(outbox, sender, poll_floor=0.05, concurrency=1)
+    worker.start()
+    assert started.wait(10)
+    worker.stop()
+    assert worker.running is False
+    leased = [item.id for item in outbox.list(limit=100) if item.lease_token is not None]
+    assert leased == []

@@ -138,7 +138,12 @@ _SELECT_DEAD_ID = f"SELECT {_COLUMNS} FROM items WHERE seq = ? AND state = 1"  #
 _SELECT_ID = f"SELECT {_COLUMNS} FROM items WHERE seq = ?"  # noqa: S608
 _SELECT_ALL_PENDING = f"SELECT {_COLUMNS} FROM items WHERE state = 0 ORDER BY seq"  # noqa: S608
 _SELECT_PAGE = f"SELECT {_COLUMNS} FROM items WHERE state = ? ORDER BY seq LIMIT ? OFFSET ?"  # noqa: S608
-_INSERT = f"INSERT INTO items ({_COLUMNS}) VALUES ({', '.join('?' * 16)})"  # noqa: S608
+_INSERT_NEW = (
+    "INSERT INTO items (entity, operation, kind, payload, idempotency_key, fingerprint,"
+    " created_at, queued_at, attempts, not_before, state)"
+    " SELECT ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, 0"
+    " WHERE NOT EXISTS (SELECT 1 FROM delivered WHERE idempotency_key = ?)"
+)
 
 
 class ItemState(enum.Enum):
@@ -493,17 +498,37 @@ class Outbox:
         fingerprint = _fingerprint(operation, entity, kind, body)
         now = self.clock.time()
         with self._db.transaction("enqueueing to the outbox") as con:
-            row = con.execute(_SELECT_BY_KEY, (idempotency_key,)).fetchone()
-            if row is not None:
+            # The common case (a new key) costs one INSERT: a key already queued is caught
+            # by the unique index, a key recently delivered by the NOT EXISTS guard, and
+            # only then is the earlier record read.
+            try:
+                cursor = con.execute(
+                    _INSERT_NEW,
+                    (
+                        entity,
+                        operation,
+                        kind,
+                        body,
+                        idempotency_key,
+                        fingerprint,
+                        now,
+                        now,
+                        now,
+                        idempotency_key,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                row = con.execute(_SELECT_BY_KEY, (idempotency_key,)).fetchone()
+                if row is None:
+                    raise
                 existing = _row_item(row)
                 self._same_or_conflict(existing.fingerprint, fingerprint, idempotency_key)
                 return existing
-            done = con.execute(
-                "SELECT id, fingerprint, created_at, delivered_at FROM delivered"
-                " WHERE idempotency_key = ?",
-                (idempotency_key,),
-            ).fetchone()
-            if done is not None:
+            if cursor.rowcount == 0:
+                done = con.execute(
+                    "SELECT id, fingerprint, created_at FROM delivered WHERE idempotency_key = ?",
+                    (idempotency_key,),
+                ).fetchone()
                 self._same_or_conflict(done[1], fingerprint, idempotency_key)
                 return OutboxItem(
                     id=done[0],
@@ -516,20 +541,23 @@ class Outbox:
                     queued_at=done[2],
                     state=ItemState.DELIVERED,
                 )
-            seq = self._next_seq(con)
-            item = OutboxItem(
-                id=_ticket(seq),
-                entity=entity,
-                operation=operation,
-                payload=payload,
-                idempotency_key=idempotency_key,
-                fingerprint=fingerprint,
-                created_at=now,
-                queued_at=now,
-                not_before=now,
+            seq = cursor.lastrowid
+            assert seq is not None
+            con.execute(
+                "INSERT OR IGNORE INTO heads (entity, seq, ready_at) VALUES (?, ?, ?)",
+                (entity, seq, now),
             )
-            self._insert(con, seq, item, kind, body)
-        return item
+        return OutboxItem(
+            id=_ticket(seq),
+            entity=entity,
+            operation=operation,
+            payload=payload,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+            created_at=now,
+            queued_at=now,
+            not_before=now,
+        )
 
     @staticmethod
     def _same_or_conflict(stored: str, new: str, key: str) -> None:
@@ -538,41 +566,6 @@ class Outbox:
                 f"idempotency key {key!r} was already used with a different payload;"
                 " nothing was queued"
             )
-
-    @staticmethod
-    def _next_seq(con: sqlite3.Connection) -> int:
-        row = con.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
-        return 1 if row is None else int(row[0]) + 1
-
-    @staticmethod
-    def _insert(
-        con: sqlite3.Connection, seq: int, item: OutboxItem, kind: int, body: bytes
-    ) -> None:
-        con.execute(
-            _INSERT,
-            (
-                seq,
-                item.entity,
-                item.operation,
-                kind,
-                body,
-                item.idempotency_key,
-                item.fingerprint,
-                item.created_at,
-                item.queued_at,
-                item.attempts,
-                item.not_before,
-                item.last_error,
-                None,
-                _PENDING,
-                None,
-                None,
-            ),
-        )
-        con.execute(
-            "INSERT OR IGNORE INTO heads (entity, seq, ready_at) VALUES (?, ?, ?)",
-            (item.entity, seq, item.not_before),
-        )
 
     @staticmethod
     def _advance_head(con: sqlite3.Connection, entity: str) -> None:
@@ -628,41 +621,45 @@ class Outbox:
             raise ValueError(f"lease_seconds must be > 0, got {lease_seconds!r}")
         now = self.clock.time() if now is None else now
         buried: builtins.list[OutboxItem] = []
-        claimed: OutboxItem | None = None
         with self._db.transaction("claiming from the outbox") as con:
-            for _ in range(_CLAIM_SCAN_LIMIT):
-                head = con.execute(
-                    "SELECT entity, seq FROM heads WHERE ready_at <= ? ORDER BY ready_at, seq"
-                    " LIMIT 1",
-                    (now,),
-                ).fetchone()
-                if head is None:
-                    break
-                row = con.execute(_SELECT_PENDING_SEQ, (head[1],)).fetchone()
-                if row is None:
-                    self._advance_head(con, head[0])
-                    continue
-                item = _row_item(row)
-                reason = self._limit_reached(item, now)
-                if reason is not None:
-                    buried.append(self._bury(con, item, reason))
-                    continue
-                attempts = item.attempts + 1
-                token = f"{worker_id}:{attempts}:{self._rng.getrandbits(64):016x}"
-                lease_until = now + lease_seconds
-                con.execute(
-                    "UPDATE items SET attempts = ?, lease_token = ?, lease_until = ? WHERE seq = ?",
-                    (attempts, token, lease_until, head[1]),
-                )
-                con.execute(
-                    "UPDATE heads SET ready_at = ? WHERE entity = ?", (lease_until, head[0])
-                )
-                claimed = replace(
-                    item, attempts=attempts, lease_token=token, lease_until=lease_until
-                )
-                break
+            claimed = self._claim_in(con, worker_id, lease_seconds, now, buried)
         self._emit(buried)
         return claimed
+
+    def _claim_in(
+        self,
+        con: sqlite3.Connection,
+        worker_id: str,
+        lease_seconds: float,
+        now: float,
+        buried: builtins.list[OutboxItem],
+    ) -> OutboxItem | None:
+        for _ in range(_CLAIM_SCAN_LIMIT):
+            head = con.execute(
+                "SELECT entity, seq FROM heads WHERE ready_at <= ? ORDER BY ready_at, seq LIMIT 1",
+                (now,),
+            ).fetchone()
+            if head is None:
+                return None
+            row = con.execute(_SELECT_PENDING_SEQ, (head[1],)).fetchone()
+            if row is None:
+                self._advance_head(con, head[0])
+                continue
+            item = _row_item(row)
+            reason = self._limit_reached(item, now)
+            if reason is not None:
+                buried.append(self._bury(con, item, reason))
+                continue
+            attempts = item.attempts + 1
+            token = f"{worker_id}:{attempts}:{self._rng.getrandbits(64):016x}"
+            lease_until = now + lease_seconds
+            con.execute(
+                "UPDATE items SET attempts = ?, lease_token = ?, lease_until = ? WHERE seq = ?",
+                (attempts, token, lease_until, head[1]),
+            )
+            con.execute("UPDATE heads SET ready_at = ? WHERE entity = ?", (lease_until, head[0]))
+            return replace(item, attempts=attempts, lease_token=token, lease_until=lease_until)
+        return None
 
     def _leased(self, con: sqlite3.Connection, item_id: str, token: str) -> OutboxItem | None:
         row = con.execute(_SELECT_PENDING_ID, (_seq(item_id),)).fetchone()
@@ -679,30 +676,51 @@ class Outbox:
         """
         now = self.clock.time()
         with self._db.transaction("acknowledging an outbox item") as con:
-            item = self._leased(con, item_id, lease_token)
-            if item is None:
-                return False
-            con.execute("DELETE FROM items WHERE seq = ?", (_seq(item_id),))
-            if self._remember > 0:
-                con.execute(
-                    "INSERT OR REPLACE INTO delivered (idempotency_key, id, entity, operation,"
-                    " fingerprint, created_at, delivered_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        item.idempotency_key,
-                        item.id,
-                        item.entity,
-                        item.operation,
-                        item.fingerprint,
-                        item.created_at,
-                        now,
-                    ),
-                )
-                con.execute(
-                    "DELETE FROM delivered WHERE rowid IN (SELECT rowid FROM delivered"
-                    " WHERE delivered_at < ? ORDER BY delivered_at LIMIT ?)",
-                    (now - self._remember, _DELIVERED_PRUNE_BATCH),
-                )
-            self._advance_head(con, item.entity)
+            return self._ack_in(con, item_id, lease_token, now)
+
+    def ack_and_claim(
+        self, item_id: str, lease_token: str, worker_id: str, *, lease_seconds: float
+    ) -> tuple[bool, OutboxItem | None]:
+        """:meth:`ack` then :meth:`claim`, in one transaction (one commit, one fsync).
+
+        A worker that keeps sending calls this after each successful send; the pair costs
+        one commit instead of two. The claim sees the acknowledgement, so the next item of
+        the same entity can be the one returned, still strictly after this one. Returns
+        ``(acknowledged, next_item)``; when the lease was lost nothing is acknowledged
+        and the claim still runs.
+        """
+        if not lease_seconds > 0:
+            raise ValueError(f"lease_seconds must be > 0, got {lease_seconds!r}")
+        now = self.clock.time()
+        buried: builtins.list[OutboxItem] = []
+        with self._db.transaction("acknowledging an outbox item") as con:
+            acked = self._ack_in(con, item_id, lease_token, now)
+            claimed = self._claim_in(con, worker_id, lease_seconds, now, buried)
+        self._emit(buried)
+        return acked, claimed
+
+    def _ack_in(self, con: sqlite3.Connection, item_id: str, lease_token: str, now: float) -> bool:
+        # fetchall: the DELETE must run to completion before the next statement.
+        rows = con.execute(
+            "DELETE FROM items WHERE seq = ? AND state = 0 AND lease_token = ?"
+            " RETURNING entity, operation, idempotency_key, fingerprint, created_at",
+            (_seq(item_id), lease_token),
+        ).fetchall()
+        if not rows:
+            return False
+        entity, operation, key, fingerprint, created_at = rows[0]
+        if self._remember > 0:
+            con.execute(
+                "INSERT OR REPLACE INTO delivered (idempotency_key, id, entity, operation,"
+                " fingerprint, created_at, delivered_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key, item_id, entity, operation, fingerprint, created_at, now),
+            )
+            con.execute(
+                "DELETE FROM delivered WHERE rowid IN (SELECT rowid FROM delivered"
+                " WHERE delivered_at < ? ORDER BY delivered_at LIMIT ?)",
+                (now - self._remember, _DELIVERED_PRUNE_BATCH),
+            )
+        self._advance_head(con, entity)
         return True
 
     def fail(
@@ -939,9 +957,11 @@ class OutboxWorker:
         lease_seconds: how long a claimed item stays invisible to other workers; choose
             it well above the sender's worst-case duration.
         worker_id: names the worker in lease tokens (default: process id and thread).
-        concurrency: sender threads (>= 1). Items of one entity are still sent one at a
-            time, in order; more threads overlap one item's store commits with another
-            entity's send.
+        concurrency: how many sends may be in flight at once (>= 1). Items of one entity
+            are still sent one at a time, in order. The worker runs one thread more than
+            this, so that while one thread commits an acknowledgement (and claims its next
+            item) another is already sending: the store's bookkeeping overlaps the network
+            call instead of adding to it.
 
     Example::
 
@@ -976,6 +996,7 @@ class OutboxWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._progress = threading.Condition()
+        self._send_slots = threading.BoundedSemaphore(concurrency)
         self._threads: list[threading.Thread] = []
         #: The last error the worker hit while talking to the store, if any.
         self.last_store_error: StoreError | None = None
@@ -985,9 +1006,19 @@ class OutboxWorker:
         item = self.outbox.claim(self.worker_id, lease_seconds=self.lease_seconds)
         if item is None:
             return False
+        self._deliver(item, claim_next=False)
+        return True
+
+    def _deliver(self, item: OutboxItem, *, claim_next: bool) -> OutboxItem | None:
+        """Send ``item`` and settle it; with ``claim_next``, also lease the next item.
+
+        After a successful send the acknowledgement and the next claim share one
+        transaction (:meth:`Outbox.ack_and_claim`), so a busy worker commits once per item.
+        """
         assert item.lease_token is not None
         try:
-            self._sender(item)
+            with self._send_slots:
+                self._sender(item)
         # Any exception from the sender is a failed delivery to record, not a crash of
         # the worker: the outbox decides between retry and dead letter.
         except Exception as exc:  # noqa: BLE001
@@ -1000,10 +1031,16 @@ class OutboxWorker:
                 retry_after=_retry_after(exc),
             ):
                 logger.warning("lease of outbox item %s was lost before fail", item.id)
+            return None
+        if claim_next:
+            acked, following = self.outbox.ack_and_claim(
+                item.id, item.lease_token, self.worker_id, lease_seconds=self.lease_seconds
+            )
         else:
-            if not self.outbox.ack(item.id, item.lease_token):
-                logger.warning("lease of outbox item %s was lost before ack", item.id)
-        return True
+            acked, following = self.outbox.ack(item.id, item.lease_token), None
+        if not acked:
+            logger.warning("lease of outbox item %s was lost before ack", item.id)
+        return following
 
     def _idle_wait(self) -> float:
         ready = self.outbox.next_ready_at()
@@ -1016,15 +1053,24 @@ class OutboxWorker:
             self._progress.notify_all()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        held: OutboxItem | None = None
+        # A held item is leased to this thread: it is sent even when a stop was asked
+        # meanwhile, so that stopping never leaves an item leased by nobody.
+        while held is not None or not self._stop.is_set():
             self._wake.clear()
             try:
-                handled = self.run_once()
-                wait = 0.0 if handled else self._idle_wait()
+                if held is None:
+                    held = self.outbox.claim(self.worker_id, lease_seconds=self.lease_seconds)
+                if held is None:
+                    handled, wait = False, self._idle_wait()
+                else:
+                    item, held = held, None
+                    held = self._deliver(item, claim_next=not self._stop.is_set())
+                    handled, wait = True, 0.0
             except StoreError as exc:
                 logger.error("outbox worker: %s", exc)
                 self.last_store_error = exc
-                handled, wait = False, self.poll_floor
+                held, handled, wait = None, False, self.poll_floor
             if not handled:
                 # drain() re-checks the depth only when a worker finds nothing to claim:
                 # counting after every item would cost more than the item itself.
@@ -1038,7 +1084,7 @@ class OutboxWorker:
         self._stop.clear()
         self._threads = [
             threading.Thread(target=self._run, name=f"superapp-outbox-{n}", daemon=True)
-            for n in range(self.concurrency)
+            for n in range(self.concurrency + 1)
         ]
         for thread in self._threads:
             thread.start()
@@ -1123,7 +1169,13 @@ class AsyncOutboxWorker:
         )
         if item is None:
             return False
+        await self._deliver(item, claim_next=False)
+        return True
+
+    async def _deliver(self, item: OutboxItem, *, claim_next: bool) -> OutboxItem | None:
+        """Send ``item`` and settle it; with ``claim_next``, ack and claim in one commit."""
         assert item.lease_token is not None
+        following: OutboxItem | None = None
         try:
             await self._sender(item)
         # As in OutboxWorker: a sender exception is a failed delivery, not a worker crash.
@@ -1137,18 +1189,34 @@ class AsyncOutboxWorker:
                 retry_after=_retry_after(exc),
             )
         else:
-            ok = await asyncio.to_thread(self.outbox.ack, item.id, item.lease_token)
+            if claim_next:
+                ok, following = await asyncio.to_thread(
+                    self.outbox.ack_and_claim,
+                    item.id,
+                    item.lease_token,
+                    self.worker_id,
+                    lease_seconds=self.lease_seconds,
+                )
+            else:
+                ok = await asyncio.to_thread(self.outbox.ack, item.id, item.lease_token)
         if not ok:
             logger.warning("lease of outbox item %s was lost", item.id)
-        return True
+        return following
 
     async def _run(self) -> None:
+        held: OutboxItem | None = None
         while True:
             self._wake.clear()
             try:
-                handled = await self.run_once()
-                wait = 0.0
-                if not handled:
+                if held is None:
+                    held = await asyncio.to_thread(
+                        self.outbox.claim, self.worker_id, lease_seconds=self.lease_seconds
+                    )
+                handled, wait = held is not None, 0.0
+                if held is not None:
+                    item, held = held, None
+                    held = await self._deliver(item, claim_next=True)
+                else:
                     ready = await asyncio.to_thread(self.outbox.next_ready_at)
                     wait = (
                         self.poll_floor
@@ -1158,7 +1226,7 @@ class AsyncOutboxWorker:
             except StoreError as exc:
                 logger.error("outbox worker: %s", exc)
                 self.last_store_error = exc
-                handled, wait = False, self.poll_floor
+                held, handled, wait = None, False, self.poll_floor
             if not handled:
                 self._progress.set()
                 with contextlib.suppress(TimeoutError):
