@@ -324,6 +324,29 @@ def test_writes_return_to_the_domain_when_the_suspicion_expires() -> None:
     assert apps.payment.call("x.write", WRITE, call).provider == "kakao.pay"
 
 
+def test_a_probe_slot_planned_for_a_later_route_is_given_back() -> None:
+    """A write answered before it reaches a suspect alternate does not keep that
+    domain's probe slot."""
+    apps = Apps()
+    apps.detector.record("alt", "other", ok=False, timeout=True)
+    assert apps.chat.call("x.write", WRITE, call).provider == "kakao.talk"
+    assert apps.line.sent == []
+    assert apps.detector.try_probe("alt")
+
+
+def test_a_half_open_alternate_keeps_its_probe_slots_when_not_reached() -> None:
+    """Writes answered by the primary leave a half-open alternate domain its probe slots,
+    so it can still be probed and close."""
+    apps = Apps(probe_successes=1)
+    apps.detector.force_open("alt")
+    apps.clock.advance(16.0)
+    for _ in range(3):
+        assert apps.chat.call("x.write", WRITE, call).provider == "kakao.talk"
+    apps.talk.behaviour = "refused"
+    assert apps.chat.call("x.write", WRITE, call).provider == "line"
+    assert apps.detector.allows("alt")
+
+
 async def test_a_cancelled_inline_probe_hands_its_slot_back() -> None:
     """An async write cancelled while it probes the suspect domain frees the probe slot."""
     apps = Apps()

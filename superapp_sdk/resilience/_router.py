@@ -302,6 +302,7 @@ class Router(Generic[P]):
         can_probe_aside: bool,
         providers: Collection[str] | None = None,
         inline_probes: bool = True,
+        taken: dict[str, tuple[str, int]] | None = None,
     ) -> tuple[list[tuple[Route[P], str]], list[Route[P]], list[Route[P]]]:
         """Split the routes into (eligible, to probe aside, domains to probe aside).
 
@@ -309,7 +310,9 @@ class Router(Generic[P]):
         ``"domain"`` when the call itself must be the probe (no probe call is available
         for this operation) and so runs with the short probe timeout. Payments are never
         used as probes (``inline_probes=False``): a probe cut short by its timeout would
-        leave a charge of unknown outcome.
+        leave a charge of unknown outcome. A domain probe slot taken here is noted in
+        ``taken`` (route name -> domain and probe period), to be given back if the call
+        never reaches that route.
         """
         eligible: list[tuple[Route[P], str]] = []
         probes: list[Route[P]] = []
@@ -322,6 +325,8 @@ class Router(Generic[P]):
                     if can_probe_aside:
                         domain_probes.append(r)
                     elif inline_probes and self.detector.try_probe(r.domain):
+                        if taken is not None:
+                            taken[r.name] = (r.domain, self.detector.probe_epoch(r.domain))
                         eligible.append((r, "domain"))
                         continue
                 attempts.append(Attempt(r.name, "DomainOpen", 0.0, skipped=True))
@@ -359,6 +364,12 @@ class Router(Generic[P]):
             # provider whose breaker and domain both wait for a probe gets neither.
             options["probe"] = True
         return options
+
+    def _give_back(self, taken: dict[str, tuple[str, int]]) -> None:
+        # Probe slots planned for routes the call never reached (an earlier one
+        # answered, or refused for good): a half-open domain has few, and needs them back.
+        for domain, epoch in taken.values():
+            self.detector.release_probe(domain, epoch)
 
     def _probe_cap(self, mode: str) -> dict[str, Any]:
         return {"max_timeout": self.probe_timeout} if mode else {}
@@ -462,12 +473,14 @@ class Router(Generic[P]):
         """
         attempts: list[Attempt] = []
         prober = probe or (make if kind is OperationKind.READ else None)
+        taken: dict[str, tuple[str, int]] = {}
         eligible, probes, domain_probes = self._plan(
             operation,
             attempts,
             can_probe_aside=prober is not None,
             providers=providers,
             inline_probes=kind is not OperationKind.PAYMENT,
+            taken=taken,
         )
         for r in probes:
             self._spawn_probe(r, prober, domain=False, operation=operation)
@@ -479,7 +492,8 @@ class Router(Generic[P]):
 
         def attempt(item: tuple[Route[P], str]) -> Any:
             r, mode = item
-            epoch = self.detector.probe_epoch(r.domain) if mode == "domain" else None
+            slot = taken.pop(r.name, None)
+            epoch = slot[1] if slot is not None else None
             start = self.timer.monotonic()
             try:
                 value = r.for_kind(kind).call(
@@ -531,6 +545,8 @@ class Router(Generic[P]):
             raise stop.error from stop.error.__cause__
         except Exception:  # noqa: BLE001 - every hedged try failed and was recorded
             found = None
+        finally:
+            self._give_back(taken)
         if isinstance(found, _Found):
             return self._routed(found.value, found.route, attempts)
         raise self._unavailable(operation, attempts)
@@ -648,12 +664,14 @@ class Router(Generic[P]):
         """The async form of :meth:`call`; hedged losers are cancelled."""
         attempts: list[Attempt] = []
         prober = probe or (make if kind is OperationKind.READ else None)
+        taken: dict[str, tuple[str, int]] = {}
         eligible, probes, domain_probes = self._plan(
             operation,
             attempts,
             can_probe_aside=prober is not None,
             providers=providers,
             inline_probes=kind is not OperationKind.PAYMENT,
+            taken=taken,
         )
         for r in probes:
             self._aspawn_probe(r, prober, domain=False, operation=operation)
@@ -664,7 +682,8 @@ class Router(Generic[P]):
 
         async def attempt(item: tuple[Route[P], str]) -> Any:
             r, mode = item
-            epoch = self.detector.probe_epoch(r.domain) if mode == "domain" else None
+            slot = taken.pop(r.name, None)
+            epoch = slot[1] if slot is not None else None
             start = self.timer.monotonic()
             try:
                 value = await r.for_kind(kind).acall(
@@ -720,6 +739,8 @@ class Router(Generic[P]):
             raise stop.error from stop.error.__cause__
         except Exception:  # noqa: BLE001 - every hedged try failed and was recorded
             found = None
+        finally:
+            self._give_back(taken)
         if isinstance(found, _Found):
             return self._routed(found.value, found.route, attempts)
         raise self._unavailable(operation, attempts)
