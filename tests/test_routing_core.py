@@ -16,6 +16,7 @@ from superapp_sdk._errors import (
     BulkheadFull,
     CircuitOpen,
     Declined,
+    IdempotencyConflict,
     InvalidRequest,
     NotApplicable,
     OperationTimeout,
@@ -47,6 +48,8 @@ TABLE: list[tuple[BaseException, OperationKind, Action]] = [
     # Business refusals and malformed requests: another provider would refuse too.
     *_every_kind(Declined("card declined"), FAIL_NOW),
     *_every_kind(InvalidRequest("amount must be positive"), FAIL_NOW),
+    # A key reused with another payload: any provider would see the same conflict.
+    *_every_kind(IdempotencyConflict("key reused with another payload"), FAIL_NOW),
     # We refused before sending: nothing executed anywhere.
     *_every_kind(CircuitOpen("open", request_sent=False), FAIL_OVER),
     *_every_kind(DomainOpen("kakao is open"), FAIL_OVER),
