@@ -328,3 +328,35 @@ def test_full_disk_raises_store_error_and_keeps_earlier_values(tmp_path: Path) -
     assert "disk is full" in result.stdout
     assert str(state / "s") in result.stdout
     assert "READBACK True" in result.stdout
+
+
+def test_close_waits_for_an_operation_in_progress(tmp_path: Path) -> None:
+    """Closing while another thread is inside a transaction waits for it, then refuses new
+    work: closing a connection in use would crash the interpreter."""
+    from superapp_sdk.store import SqliteFile
+
+    db = SqliteFile(tmp_path / "x.sqlite3")
+    inside, release = threading.Event(), threading.Event()
+    done: list[bool] = []
+
+    def hold() -> None:
+        with db.transaction("holding") as con:
+            con.execute("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+            inside.set()
+            release.wait(10)
+            con.execute("INSERT INTO t VALUES (1)")
+        done.append(True)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert inside.wait(10)
+    closer = threading.Thread(target=db.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive()  # waiting for the transaction
+    release.set()
+    closer.join(10)
+    t.join(10)
+    assert done == [True]
+    with pytest.raises(StoreError, match="closed"), db.reading("after close"):
+        pass

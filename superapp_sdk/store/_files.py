@@ -103,6 +103,8 @@ class SqliteFile:
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._closed = False
+        self._in_use = 0
+        self._idle = threading.Condition(threading.Lock())
         ensure_private_dir(path.parent)
         ensure_private_file(path)
         with self.reading("opening the state file") as con:
@@ -146,10 +148,28 @@ class SqliteFile:
     @contextmanager
     def reading(self, action: str) -> Iterator[sqlite3.Connection]:
         """A connection for reads; any sqlite/OS error becomes a StoreError naming the path."""
+        with self._using():
+            try:
+                yield self.connection()
+            except (sqlite3.Error, OSError) as exc:
+                raise store_error(self.path, action, exc) from exc
+
+    @contextmanager
+    def _using(self) -> Iterator[None]:
+        # close() waits for every operation in progress: closing a sqlite connection that
+        # another thread is using crashes the interpreter (a segmentation fault, seen when
+        # an async worker's claim ran in a thread while the app closed).
+        with self._idle:
+            if self._closed:
+                raise StoreError(f"the state file is closed ({self.path})", path=str(self.path))
+            self._in_use += 1
         try:
-            yield self.connection()
-        except (sqlite3.Error, OSError) as exc:
-            raise store_error(self.path, action, exc) from exc
+            yield
+        finally:
+            with self._idle:
+                self._in_use -= 1
+                if self._in_use == 0:
+                    self._idle.notify_all()
 
     @contextmanager
     def transaction(self, action: str) -> Iterator[sqlite3.Connection]:
@@ -161,7 +181,7 @@ class SqliteFile:
         On any exception the transaction is rolled back; sqlite/OS errors become
         StoreError naming the path.
         """
-        with self._write_lock:
+        with self._using(), self._write_lock:
             try:
                 con = self.connection()
                 con.execute("BEGIN IMMEDIATE")
@@ -182,10 +202,13 @@ class SqliteFile:
                     raise store_error(self.path, action, exc) from exc
                 raise
 
-    def close(self) -> None:
-        """Close every thread's connection (idempotent)."""
-        with self._lock:
+    def close(self, timeout: float = 30.0) -> None:
+        """Close every thread's connection (idempotent), after the operations in progress
+        finish (waiting up to ``timeout`` seconds); new operations are refused."""
+        with self._idle:
             self._closed = True
+            self._idle.wait_for(lambda: self._in_use == 0, timeout)
+        with self._lock:
             connections, self._connections = self._connections, []
         for con in connections:
             con.close()
