@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Capability", "Money", "Provider"]
+__all__ = ["Capability", "Money", "Provider", "require_seconds", "require_text"]
 
 
 class Capability(enum.Enum):
@@ -60,3 +61,27 @@ class Money:
             raise ValueError(
                 f"Money.currency must be an ISO 4217 code like 'KRW', got {self.currency!r}"
             )
+
+
+def require_text(owner: str, name: str, value: object, *, optional: bool = False) -> None:
+    """``ValueError`` naming ``owner.name`` unless ``value`` is a non-empty string (or
+    ``None`` when ``optional``): the shared check of every capability model."""
+    if optional and value is None:
+        return
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{owner}.{name} must be a non-empty string, got {value!r}")
+
+
+def require_seconds(owner: str, name: str, value: object, *, optional: bool = False) -> None:
+    """``ValueError`` naming ``owner.name`` unless ``value`` is a finite number of seconds
+    >= 0 (epoch seconds or a duration; ``None`` when ``optional``). Booleans, NaN and
+    infinities are refused: none of them is a time."""
+    if optional and value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"{owner}.{name} must be a finite number of seconds >= 0, got {value!r}")

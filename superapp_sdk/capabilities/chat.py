@@ -8,33 +8,15 @@ pipeline and the outbox.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from superapp_sdk.capabilities._common import Provider
+from superapp_sdk.capabilities._common import Provider, require_seconds, require_text
 
 if TYPE_CHECKING:
     from superapp_sdk.providers._http import Call
 
 __all__ = ["ChatProvider", "Message", "MessageReceipt"]
-
-
-def _check_str(owner: str, name: str, value: object, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{owner}.{name} must be a non-empty str, got {value!r}")
-
-
-def _check_time(owner: str, name: str, value: object) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"{owner}.{name} must be seconds since the epoch (>= 0), got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +40,9 @@ class MessageReceipt:
 
     def __post_init__(self) -> None:
         for name in ("message_id", "provider", "to"):
-            _check_str("MessageReceipt", name, getattr(self, name))
-        _check_str("MessageReceipt", "conversation", self.conversation, optional=True)
-        _check_time("MessageReceipt", "accepted_at", self.accepted_at)
+            require_text("MessageReceipt", name, getattr(self, name))
+        require_text("MessageReceipt", "conversation", self.conversation, optional=True)
+        require_seconds("MessageReceipt", "accepted_at", self.accepted_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +65,10 @@ class Message:
 
     def __post_init__(self) -> None:
         for name in ("message_id", "conversation", "sender"):
-            _check_str("Message", name, getattr(self, name))
+            require_text("Message", name, getattr(self, name))
         if not isinstance(self.text, str):
             raise ValueError(f"Message.text must be a str, got {self.text!r}")
-        _check_time("Message", "sent_at", self.sent_at)
+        require_seconds("Message", "sent_at", self.sent_at)
 
 
 @runtime_checkable

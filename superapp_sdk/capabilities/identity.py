@@ -9,13 +9,12 @@ verify_id_token`, and builds :class:`Session` objects.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from superapp_sdk.capabilities._common import Provider
+from superapp_sdk.capabilities._common import Provider, require_seconds, require_text
 
 if TYPE_CHECKING:
     from superapp_sdk.providers._http import Call
@@ -28,25 +27,6 @@ __all__ = [
     "TokenSet",
     "UserInfo",
 ]
-
-
-def _check_str(owner: str, name: str, value: object, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{owner}.{name} must be a non-empty str, got {value!r}")
-
-
-def _check_seconds(owner: str, name: str, value: object, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"{owner}.{name} must be a finite number of seconds >= 0, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +47,7 @@ class LoginRedirect:
 
     def __post_init__(self) -> None:
         for name in ("url", "state", "nonce", "provider"):
-            _check_str("LoginRedirect", name, getattr(self, name))
+            require_text("LoginRedirect", name, getattr(self, name))
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -92,11 +72,11 @@ class TokenSet:
     scope: str | None = None
 
     def __post_init__(self) -> None:
-        _check_str("TokenSet", "access_token", self.access_token)
-        _check_str("TokenSet", "refresh_token", self.refresh_token, optional=True)
-        _check_str("TokenSet", "id_token", self.id_token, optional=True)
-        _check_seconds("TokenSet", "expires_in", self.expires_in)
-        _check_seconds(
+        require_text("TokenSet", "access_token", self.access_token)
+        require_text("TokenSet", "refresh_token", self.refresh_token, optional=True)
+        require_text("TokenSet", "id_token", self.id_token, optional=True)
+        require_seconds("TokenSet", "expires_in", self.expires_in)
+        require_seconds(
             "TokenSet", "refresh_token_expires_in", self.refresh_token_expires_in, optional=True
         )
 
@@ -147,7 +127,7 @@ class Claims:
 
     def __post_init__(self) -> None:
         for name in ("subject", "issuer", "audience"):
-            _check_str("Claims", name, getattr(self, name))
+            require_text("Claims", name, getattr(self, name))
         if not isinstance(self.raw, MappingProxyType):
             object.__setattr__(self, "raw", MappingProxyType(dict(self.raw)))
 
@@ -177,8 +157,8 @@ class Session:
 
     def __post_init__(self) -> None:
         for name in ("session_id", "user_id", "provider", "subject"):
-            _check_str("Session", name, getattr(self, name))
-        _check_seconds("Session", "expires_at", self.expires_at)
+            require_text("Session", name, getattr(self, name))
+        require_seconds("Session", "expires_at", self.expires_at)
         scopes: Iterable[object] = self.scopes
         if isinstance(scopes, str) or not all(isinstance(s, str) for s in scopes):
             raise ValueError(f"Session.scopes must be a collection of str, got {scopes!r}")
@@ -201,7 +181,7 @@ class UserInfo:
     name: str | None = None
 
     def __post_init__(self) -> None:
-        _check_str("UserInfo", "subject", self.subject)
+        require_text("UserInfo", "subject", self.subject)
 
 
 @runtime_checkable

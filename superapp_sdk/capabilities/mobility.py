@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from superapp_sdk.capabilities._common import Money, Provider
+from superapp_sdk.capabilities._common import Money, Provider, require_seconds, require_text
 
 if TYPE_CHECKING:
     from superapp_sdk.providers._http import Call
@@ -44,30 +44,11 @@ MOBILITY_OPERATIONS = frozenset(
 )
 
 
-def _require_text(owner: str, name: str, value: object, *, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{owner}.{name} must be a non-empty string, got {value!r}")
-
-
 def _require_count(owner: str, name: str, value: object, *, optional: bool = False) -> None:
     if optional and value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{owner}.{name} must be an int >= 0, got {value!r}")
-
-
-def _require_time(owner: str, name: str, value: object, *, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"{owner}.{name} must be epoch seconds >= 0, got {value!r}")
 
 
 def _require_money(owner: str, name: str, value: object) -> None:
@@ -106,7 +87,7 @@ class Place:
                     f"got {value!r}"
                 )
             object.__setattr__(self, axis, float(value))
-        _require_text("Place", "name", self.name, optional=True)
+        require_text("Place", "name", self.name, optional=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,10 +120,10 @@ class Estimate:
         _require_count("Estimate", "distance_m", self.distance_m)
         _require_count("Estimate", "duration_s", self.duration_s)
         _require_money("Estimate", "fare", self.fare)
-        _require_text("Estimate", "provider", self.provider)
+        require_text("Estimate", "provider", self.provider)
         if not isinstance(self.live, bool):
             raise ValueError(f"Estimate.live must be a bool, got {self.live!r}")
-        _require_time("Estimate", "scheduled_departure", self.scheduled_departure, optional=True)
+        require_seconds("Estimate", "scheduled_departure", self.scheduled_departure, optional=True)
 
 
 class RideStatus(enum.Enum):
@@ -173,9 +154,9 @@ class Driver:
     plate: str | None = None
 
     def __post_init__(self) -> None:
-        _require_text("Driver", "name", self.name)
-        _require_text("Driver", "vehicle", self.vehicle, optional=True)
-        _require_text("Driver", "plate", self.plate, optional=True)
+        require_text("Driver", "name", self.name)
+        require_text("Driver", "vehicle", self.vehicle, optional=True)
+        require_text("Driver", "plate", self.plate, optional=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,11 +186,11 @@ class Ride:
     fare: Money | None = None
 
     def __post_init__(self) -> None:
-        _require_text("Ride", "ride_id", self.ride_id)
-        _require_text("Ride", "provider", self.provider)
+        require_text("Ride", "ride_id", self.ride_id)
+        require_text("Ride", "provider", self.provider)
         if not isinstance(self.status, RideStatus):
             raise ValueError(f"Ride.status must be a RideStatus, got {self.status!r}")
-        _require_text("Ride", "rider", self.rider)
+        require_text("Ride", "rider", self.rider)
         _require_place("Ride", "origin", self.origin)
         _require_place("Ride", "destination", self.destination)
         if self.driver is not None and not isinstance(self.driver, Driver):
@@ -244,13 +225,13 @@ class RentalReceipt:
     reconciled: bool = True
 
     def __post_init__(self) -> None:
-        _require_text("RentalReceipt", "rental_id", self.rental_id)
-        _require_text("RentalReceipt", "provider", self.provider)
-        _require_time("RentalReceipt", "ended_at", self.ended_at)
+        require_text("RentalReceipt", "rental_id", self.rental_id)
+        require_text("RentalReceipt", "provider", self.provider)
+        require_seconds("RentalReceipt", "ended_at", self.ended_at)
         _require_place("RentalReceipt", "location", self.location)
         _require_money("RentalReceipt", "fare", self.fare)
-        _require_text("RentalReceipt", "receipt_id", self.receipt_id)
-        _require_text("RentalReceipt", "signature", self.signature, optional=True)
+        require_text("RentalReceipt", "receipt_id", self.receipt_id)
+        require_text("RentalReceipt", "signature", self.signature, optional=True)
         if not isinstance(self.reconciled, bool):
             raise ValueError(f"RentalReceipt.reconciled must be a bool, got {self.reconciled!r}")
 
@@ -270,9 +251,9 @@ class DeepLink:
     fallback_url: str | None = None
 
     def __post_init__(self) -> None:
-        _require_text("DeepLink", "app", self.app)
-        _require_text("DeepLink", "url", self.url)
-        _require_text("DeepLink", "fallback_url", self.fallback_url, optional=True)
+        require_text("DeepLink", "app", self.app)
+        require_text("DeepLink", "url", self.url)
+        require_text("DeepLink", "fallback_url", self.fallback_url, optional=True)
 
 
 @runtime_checkable

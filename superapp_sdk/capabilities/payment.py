@@ -22,7 +22,7 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from superapp_sdk.capabilities._common import Money, Provider
+from superapp_sdk.capabilities._common import Money, Provider, require_seconds, require_text
 
 if TYPE_CHECKING:
     from superapp_sdk.providers._http import Call
@@ -42,21 +42,12 @@ PAYMENT_OPERATIONS = frozenset(
 )
 
 
-def _require_text(owner: str, name: str, value: object) -> None:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{owner}.{name} must be a non-empty string, got {value!r}")
-
-
 def _require_optional_text(owner: str, name: str, value: object) -> None:
-    if value is not None:
-        _require_text(owner, name, value)
+    require_text(owner, name, value, optional=True)
 
 
 def _require_time(owner: str, name: str, value: object) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise ValueError(f"{owner}.{name} must be epoch seconds (float) or None, got {value!r}")
+    require_seconds(owner, name, value, optional=True)
 
 
 class PaymentStatus(enum.Enum):
@@ -99,7 +90,7 @@ class Checkout:
 
     def __post_init__(self) -> None:
         for name in ("order_id", "provider", "redirect_url", "provider_ref"):
-            _require_text("Checkout", name, getattr(self, name))
+            require_text("Checkout", name, getattr(self, name))
         _require_optional_text("Checkout", "mobile_url", self.mobile_url)
         _require_optional_text("Checkout", "app_url", self.app_url)
         _require_time("Checkout", "expires_at", self.expires_at)
@@ -125,10 +116,10 @@ class Approval:
     amount: Money | None = None
 
     def __post_init__(self) -> None:
-        _require_text("Approval", "provider_ref", self.provider_ref)
+        require_text("Approval", "provider_ref", self.provider_ref)
         if not isinstance(self.token, str):
             raise ValueError(f"Approval.token must be a string, got {self.token!r}")
-        _require_text("Approval", "user_id", self.user_id)
+        require_text("Approval", "user_id", self.user_id)
         if self.amount is not None and not isinstance(self.amount, Money):
             raise ValueError(f"Approval.amount must be Money or None, got {self.amount!r}")
 
@@ -163,7 +154,7 @@ class Payment:
 
     def __post_init__(self) -> None:
         for name in ("order_id", "provider", "provider_ref"):
-            _require_text("Payment", name, getattr(self, name))
+            require_text("Payment", name, getattr(self, name))
         if not isinstance(self.status, PaymentStatus):
             raise ValueError(f"Payment.status must be a PaymentStatus, got {self.status!r}")
         if not isinstance(self.amount, Money):
