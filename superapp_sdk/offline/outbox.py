@@ -79,11 +79,23 @@ _KIND_BYTES = 0
 _KIND_JSON = 1
 _PENDING = 0
 _DEAD = 1
+_DELIVERED = 2
 # A claim that finds expired heads dead-letters them and looks again; bounded so one claim
 # cannot hold the write lock for long.
 _CLAIM_SCAN_LIMIT = 256
-_DELIVERED_PRUNE_BATCH = 8
+# Every _PRUNE_EVERY acknowledgements, up to _PRUNE_BATCH expired delivery records are
+# deleted: twice the rate they are created, in one statement instead of one per ack.
+_PRUNE_EVERY = 16
+_PRUNE_BATCH = 32
+#: The layout of the tables below, kept in ``PRAGMA user_version``. Version 1 (files
+#: written before it was recorded, read as 0) kept delivered keys in a ``delivered`` table.
+_SCHEMA_VERSION = 2
 
+# A delivered item stays in ``items`` as a tombstone (state 2, payload emptied) until
+# ``remember_delivered_seconds`` after delivery: its key then stays in the unique index
+# that deduplicates enqueues, so an acknowledgement updates one row in place. Moving it to
+# a separate table (version 1) wrote ~9 pages per acknowledgement (a random place in two
+# key indexes, the row in two tables); the tombstone writes ~6.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -101,27 +113,31 @@ CREATE TABLE IF NOT EXISTS items (
     dead_reason TEXT,
     state INTEGER NOT NULL,
     lease_token TEXT,
-    lease_until REAL
+    lease_until REAL,
+    delivered_at REAL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS items_key ON items(idempotency_key);
 CREATE INDEX IF NOT EXISTS items_entity ON items(entity, seq) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS items_dead ON items(seq) WHERE state = 1;
+CREATE INDEX IF NOT EXISTS items_delivered ON items(delivered_at) WHERE state = 2;
 CREATE TABLE IF NOT EXISTS heads (
     entity TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
     ready_at REAL NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS heads_ready ON heads(ready_at, seq);
-CREATE TABLE IF NOT EXISTS delivered (
-    idempotency_key TEXT PRIMARY KEY,
-    id TEXT NOT NULL,
-    entity TEXT NOT NULL,
-    operation TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    delivered_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS delivered_at ON delivered(delivered_at);
+CREATE INDEX IF NOT EXISTS heads_ready ON heads(ready_at, seq)
+"""
+
+# From version 1: delivered keys become tombstones under their original ticket (AUTOINCREMENT
+# never hands a deleted seq out again, so the seq is free).
+_MIGRATE_FROM_1 = """
+ALTER TABLE items ADD COLUMN delivered_at REAL;
+INSERT OR IGNORE INTO items (seq, entity, operation, kind, payload, idempotency_key,
+    fingerprint, created_at, queued_at, attempts, not_before, state, delivered_at)
+    SELECT CAST(substr(id, 4) AS INTEGER), entity, operation, 0, x'', idempotency_key,
+        fingerprint, created_at, created_at, 0, created_at, 2, delivered_at
+    FROM delivered;
+DROP TABLE delivered
 """
 
 _COLUMNS = (
@@ -132,17 +148,26 @@ _COLUMNS = (
 # The queries below are assembled from constants only (the column list); every value is a
 # bound parameter.
 _SELECT_BY_KEY = f"SELECT {_COLUMNS} FROM items WHERE idempotency_key = ?"  # noqa: S608
-_SELECT_PENDING_SEQ = f"SELECT {_COLUMNS} FROM items WHERE seq = ? AND state = 0"  # noqa: S608
 _SELECT_PENDING_ID = f"SELECT {_COLUMNS} FROM items WHERE seq = ? AND state = 0"  # noqa: S608
 _SELECT_DEAD_ID = f"SELECT {_COLUMNS} FROM items WHERE seq = ? AND state = 1"  # noqa: S608
-_SELECT_ID = f"SELECT {_COLUMNS} FROM items WHERE seq = ?"  # noqa: S608
+_SELECT_ID = f"SELECT {_COLUMNS} FROM items WHERE seq = ? AND state != 2"  # noqa: S608
 _SELECT_ALL_PENDING = f"SELECT {_COLUMNS} FROM items WHERE state = 0 ORDER BY seq"  # noqa: S608
-_SELECT_PAGE = f"SELECT {_COLUMNS} FROM items WHERE state = ? ORDER BY seq LIMIT ? OFFSET ?"  # noqa: S608
+_SELECT_PAGE = (
+    f"SELECT {_COLUMNS} FROM items WHERE state = ? AND seq > ?"  # noqa: S608
+    " ORDER BY seq LIMIT ? OFFSET ?"
+)
+# The head of the next ready entity and its item, in one statement; a head whose item is
+# gone (it never should be) comes back with a NULL item and is repaired.
+_SELECT_READY_HEAD = (
+    "SELECT heads.entity, heads.seq, items.seq IS NOT NULL, "  # noqa: S608
+    + ", ".join(f"items.{c.strip()}" for c in _COLUMNS.split(","))
+    + " FROM heads LEFT JOIN items ON items.seq = heads.seq AND items.state = 0"
+    " WHERE heads.ready_at <= ? ORDER BY heads.ready_at, heads.seq LIMIT 1"
+)
 _INSERT_NEW = (
     "INSERT INTO items (entity, operation, kind, payload, idempotency_key, fingerprint,"
     " created_at, queued_at, attempts, not_before, state)"
-    " SELECT ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, 0"
-    " WHERE NOT EXISTS (SELECT 1 FROM delivered WHERE idempotency_key = ?)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, 0)"
 )
 
 
@@ -155,6 +180,9 @@ class ItemState(enum.Enum):
     DEAD = "dead"
     #: Acknowledged by the worker; only its key and fingerprint are remembered.
     DELIVERED = "delivered"
+
+
+_STATES = {_PENDING: ItemState.PENDING, _DEAD: ItemState.DEAD, _DELIVERED: ItemState.DELIVERED}
 
 
 def _check(condition: bool, field: str, allowed: str, value: object) -> None:
@@ -313,7 +341,7 @@ def _row_item(row: tuple[object, ...]) -> OutboxItem:
         attempts=int(attempts),  # type: ignore[call-overload]
         not_before=float(not_before),  # type: ignore[arg-type]
         last_error=None if last_error is None else str(last_error),
-        state=ItemState.DEAD if state == _DEAD else ItemState.PENDING,
+        state=_STATES[int(state)],  # type: ignore[call-overload]
         dead_reason=None if dead_reason is None else str(dead_reason),
         lease_token=None if lease_token is None else str(lease_token),
         lease_until=None if lease_until is None else float(lease_until),  # type: ignore[arg-type]
@@ -404,14 +432,34 @@ class Outbox:
         self._remember = remember_delivered_seconds
         self._listeners: builtins.list[DeadLetterListener] = []
         self._lock = threading.Lock()
+        self._acks = 0
         try:
             with self._db.transaction("creating the outbox tables") as con:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        con.execute(statement)
+                self._create_or_migrate(con)
         except BaseException:
             self._db.close()
             raise
+
+    def _create_or_migrate(self, con: sqlite3.Connection) -> None:
+        (version,) = con.execute("PRAGMA user_version").fetchone()
+        if version > _SCHEMA_VERSION:
+            raise StoreError(
+                f"the outbox file was written by a newer version of the SDK (schema"
+                f" {version}, this one reads up to {_SCHEMA_VERSION}) ({self.path})",
+                path=str(self.path),
+            )
+        if version < _SCHEMA_VERSION:
+            old = con.execute(
+                "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'delivered'"
+            ).fetchone()
+            if old is not None:
+                for statement in _MIGRATE_FROM_1.split(";"):
+                    con.execute(statement)
+                logger.info("outbox %s migrated to schema %d", self.path, _SCHEMA_VERSION)
+        for statement in _SCHEMA.split(";"):
+            con.execute(statement)
+        if version < _SCHEMA_VERSION:
+            con.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     @property
     def path(self) -> Path:
@@ -498,24 +546,13 @@ class Outbox:
         fingerprint = _fingerprint(operation, entity, kind, body)
         now = self.clock.time()
         with self._db.transaction("enqueueing to the outbox") as con:
-            # The common case (a new key) costs one INSERT: a key already queued is caught
-            # by the unique index, a key recently delivered by the NOT EXISTS guard, and
-            # only then is the earlier record read.
+            # The common case (a new key) costs one INSERT: a key already queued, dead or
+            # recently delivered is caught by the unique index, and only then is the
+            # earlier record read.
             try:
                 cursor = con.execute(
                     _INSERT_NEW,
-                    (
-                        entity,
-                        operation,
-                        kind,
-                        body,
-                        idempotency_key,
-                        fingerprint,
-                        now,
-                        now,
-                        now,
-                        idempotency_key,
-                    ),
+                    (entity, operation, kind, body, idempotency_key, fingerprint, now, now, now),
                 )
             except sqlite3.IntegrityError:
                 row = con.execute(_SELECT_BY_KEY, (idempotency_key,)).fetchone()
@@ -523,24 +560,10 @@ class Outbox:
                     raise
                 existing = _row_item(row)
                 self._same_or_conflict(existing.fingerprint, fingerprint, idempotency_key)
+                if existing.state is ItemState.DELIVERED:
+                    # The tombstone no longer holds the payload; it was this one.
+                    return replace(existing, payload=payload)
                 return existing
-            if cursor.rowcount == 0:
-                done = con.execute(
-                    "SELECT id, fingerprint, created_at FROM delivered WHERE idempotency_key = ?",
-                    (idempotency_key,),
-                ).fetchone()
-                self._same_or_conflict(done[1], fingerprint, idempotency_key)
-                return OutboxItem(
-                    id=done[0],
-                    entity=entity,
-                    operation=operation,
-                    payload=payload,
-                    idempotency_key=idempotency_key,
-                    fingerprint=fingerprint,
-                    created_at=done[2],
-                    queued_at=done[2],
-                    state=ItemState.DELIVERED,
-                )
             seq = cursor.lastrowid
             assert seq is not None
             con.execute(
@@ -635,17 +658,13 @@ class Outbox:
         buried: builtins.list[OutboxItem],
     ) -> OutboxItem | None:
         for _ in range(_CLAIM_SCAN_LIMIT):
-            head = con.execute(
-                "SELECT entity, seq FROM heads WHERE ready_at <= ? ORDER BY ready_at, seq LIMIT 1",
-                (now,),
-            ).fetchone()
+            head = con.execute(_SELECT_READY_HEAD, (now,)).fetchone()
             if head is None:
                 return None
-            row = con.execute(_SELECT_PENDING_SEQ, (head[1],)).fetchone()
-            if row is None:
+            if not head[2]:
                 self._advance_head(con, head[0])
                 continue
-            item = _row_item(row)
+            item = _row_item(head[3:])
             reason = self._limit_reached(item, now)
             if reason is not None:
                 buried.append(self._bury(con, item, reason))
@@ -700,27 +719,32 @@ class Outbox:
         return acked, claimed
 
     def _ack_in(self, con: sqlite3.Connection, item_id: str, lease_token: str, now: float) -> bool:
-        # fetchall: the DELETE must run to completion before the next statement.
-        rows = con.execute(
-            "DELETE FROM items WHERE seq = ? AND state = 0 AND lease_token = ?"
-            " RETURNING entity, operation, idempotency_key, fingerprint, created_at",
-            (_seq(item_id), lease_token),
-        ).fetchall()
+        seq = _seq(item_id)
+        # fetchall: the statement must run to completion before the next one.
+        if self._remember > 0:
+            rows = con.execute(
+                "UPDATE items SET state = 2, delivered_at = ?, kind = 0, payload = x'',"
+                " lease_token = NULL,"
+                " lease_until = NULL, last_error = NULL"
+                " WHERE seq = ? AND state = 0 AND lease_token = ? RETURNING entity",
+                (now, seq, lease_token),
+            ).fetchall()
+        else:
+            rows = con.execute(
+                "DELETE FROM items WHERE seq = ? AND state = 0 AND lease_token = ?"
+                " RETURNING entity",
+                (seq, lease_token),
+            ).fetchall()
         if not rows:
             return False
-        entity, operation, key, fingerprint, created_at = rows[0]
-        if self._remember > 0:
+        self._acks += 1
+        if self._acks % _PRUNE_EVERY == 0:
             con.execute(
-                "INSERT OR REPLACE INTO delivered (idempotency_key, id, entity, operation,"
-                " fingerprint, created_at, delivered_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key, item_id, entity, operation, fingerprint, created_at, now),
+                "DELETE FROM items WHERE seq IN (SELECT seq FROM items"
+                " WHERE state = 2 AND delivered_at < ? ORDER BY delivered_at LIMIT ?)",
+                (now - self._remember, _PRUNE_BATCH),
             )
-            con.execute(
-                "DELETE FROM delivered WHERE rowid IN (SELECT rowid FROM delivered"
-                " WHERE delivered_at < ? ORDER BY delivered_at LIMIT ?)",
-                (now - self._remember, _DELIVERED_PRUNE_BATCH),
-            )
-        self._advance_head(con, entity)
+        self._advance_head(con, rows[0][0])
         return True
 
     def fail(
@@ -845,7 +869,7 @@ class Outbox:
         """
         with self._db.transaction("dropping an outbox item") as con:
             row = con.execute(
-                "SELECT seq, entity FROM items WHERE seq = ?", (_seq(item_id),)
+                "SELECT seq, entity FROM items WHERE seq = ? AND state != 2", (_seq(item_id),)
             ).fetchone()
             if row is None:
                 return False
@@ -864,24 +888,39 @@ class Outbox:
             row = con.execute(_SELECT_ID, (_seq(item_id),)).fetchone()
         return None if row is None else _row_item(row)
 
-    def list(self, offset: int = 0, limit: int = 100) -> builtins.list[OutboxItem]:
-        """Pending items in enqueue order, ``limit`` at a time from ``offset``."""
-        return self._page(_PENDING, offset, limit)
+    def list(
+        self, offset: int = 0, limit: int = 100, *, after: str | None = None
+    ) -> builtins.list[OutboxItem]:
+        """Pending items in enqueue order, ``limit`` at a time from ``offset``.
 
-    def dead_letters(self, offset: int = 0, limit: int = 100) -> builtins.list[OutboxItem]:
-        """Dead-lettered items, oldest first, ``limit`` at a time from ``offset``."""
-        return self._page(_DEAD, offset, limit)
+        With ``after`` (a ticket, typically the last one of the previous page) the page
+        starts at the first item enqueued after it, and ``offset`` counts from there: a
+        page then costs the same wherever it is in the queue, while a large ``offset``
+        walks past every item before it.
+        """
+        return self._page(_PENDING, offset, limit, after)
 
-    def _page(self, state: int, offset: int, limit: int) -> builtins.list[OutboxItem]:
+    def dead_letters(
+        self, offset: int = 0, limit: int = 100, *, after: str | None = None
+    ) -> builtins.list[OutboxItem]:
+        """Dead-lettered items, oldest first, ``limit`` at a time from ``offset`` (or from
+        the first one after the ticket ``after``, as in :meth:`list`)."""
+        return self._page(_DEAD, offset, limit, after)
+
+    def _page(
+        self, state: int, offset: int, limit: int, after: str | None
+    ) -> builtins.list[OutboxItem]:
         if offset < 0:
             raise ValueError(f"offset must be >= 0, got {offset!r}")
         if not 1 <= limit <= 10_000:
             raise ValueError(f"limit must be in 1..10000, got {limit!r}")
+        start = 0
+        if after is not None:
+            start = _seq(after)
+            if start < 0:
+                raise ValueError(f"after must be a ticket like ob-000000000001, got {after!r}")
         with self._db.reading("reading the outbox") as con:
-            rows = con.execute(
-                _SELECT_PAGE,
-                (state, limit, offset),
-            ).fetchall()
+            rows = con.execute(_SELECT_PAGE, (state, start, limit, offset)).fetchall()
         return [_row_item(row) for row in rows]
 
     def has_pending(self, entity: str) -> bool:
