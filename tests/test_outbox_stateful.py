@@ -17,15 +17,17 @@ from pathlib import Path
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
+    MultipleResults,
     RuleBasedStateMachine,
     consumes,
     initialize,
     invariant,
+    multiple,
     rule,
 )
 
 from superapp_sdk import IdempotencyConflict
-from superapp_sdk.offline import ItemState, Outbox, OutboxPolicy
+from superapp_sdk.offline import ItemState, Outbox, OutboxItem, OutboxPolicy
 from superapp_sdk.testing import FakeClock
 
 POLICY = OutboxPolicy(max_attempts=2, max_age_seconds=300.0, backoff_base=1.0, backoff_cap=8.0)
@@ -149,6 +151,9 @@ class OutboxMachine(RuleBasedStateMachine):
                 head = self.model.head(entity)
                 assert head is None or not self.model.ready(head, now), f"{entity} was ready"
             return ("none", "none")
+        return self._claimed(got, now, lease)
+
+    def _claimed(self, got: OutboxItem, now: float, lease: float) -> tuple[str, str]:
         item = self.model.by_id[got.id]
         assert self.model.head(item.entity) is item, "claimed an item that is not its head"
         assert self.model.ready(item, now)
@@ -158,6 +163,51 @@ class OutboxMachine(RuleBasedStateMachine):
         assert got.lease_token is not None
         item.token, item.lease_until = got.lease_token, now + lease
         return (got.id, got.lease_token)
+
+    @rule(
+        target=leases,
+        lease=consumes(leases),
+        limit=st.integers(0, 3),
+        seconds=st.sampled_from([1.0, 60.0]),
+    )
+    def ack_and_claim_many(
+        self, lease: tuple[str, str], limit: int, seconds: float
+    ) -> MultipleResults[tuple[str, str]]:
+        """Acknowledge one lease and lease up to ``limit`` heads in one transaction."""
+        item = self._current(*lease)
+        now = self.clock.time()
+        acked, got = self.outbox.ack_and_claim_many(
+            [lease], "w", lease_seconds=seconds, limit=limit
+        )
+        assert acked == [item is not None]
+        if item is not None:
+            item.state = "delivered"
+        for dead_id in self._sync_dead():
+            dead = self.model.by_id[dead_id]
+            assert self.model.limit_reached(dead, now), f"{dead_id} buried before its limits"
+            dead.state = "dead"
+        assert len(got) <= limit
+        assert len({g.entity for g in got}) == len(got), "two items of one entity leased"
+        claimed = [self._claimed(g, now, seconds) for g in got]
+        if len(got) < limit:
+            for entity in ENTITIES:
+                head = self.model.head(entity)
+                assert head is None or not self.model.ready(head, now), f"{entity} was ready"
+        return multiple(*claimed)
+
+    @rule(lease=consumes(leases))
+    def release(self, lease: tuple[str, str]) -> None:
+        """A leased item given back unsent is claimable again, its attempt not counted."""
+        item = self._current(*lease)
+        self.outbox.ack_and_claim_many([], "w", lease_seconds=1.0, limit=0, release=[lease])
+        if item is None:
+            return
+        item.attempts -= 1
+        item.token = item.lease_until = None
+        stored = self.outbox.get(item.id)
+        assert stored is not None
+        assert stored.attempts == item.attempts
+        assert stored.lease_token is None
 
     def _current(self, item_id: str, token: str) -> ModelItem | None:
         item = self.model.by_id.get(item_id)
