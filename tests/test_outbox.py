@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -598,3 +600,217 @@ def test_stopping_the_worker_leaves_no_item_leased(outbox: Outbox) -> None:
     assert worker.running is False
     leased = [item.id for item in outbox.list(limit=100) if item.lease_token is not None]
     assert leased == []
+
+
+# The layout written before PRAGMA user_version was recorded (schema 1): delivered keys
+# lived in their own table.
+_SCHEMA_1 = """
+CREATE TABLE items (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, entity TEXT NOT NULL, operation TEXT NOT NULL,
+    kind INTEGER NOT NULL, payload BLOB NOT NULL, idempotency_key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL, created_at REAL NOT NULL, queued_at REAL NOT NULL,
+    attempts INTEGER NOT NULL, not_before REAL NOT NULL, last_error TEXT, dead_reason TEXT,
+    state INTEGER NOT NULL, lease_token TEXT, lease_until REAL
+);
+CREATE UNIQUE INDEX items_key ON items(idempotency_key);
+CREATE INDEX items_entity ON items(entity, seq) WHERE state = 0;
+CREATE INDEX items_dead ON items(seq) WHERE state = 1;
+CREATE TABLE heads (entity TEXT PRIMARY KEY, seq INTEGER NOT NULL, ready_at REAL NOT NULL)
+    WITHOUT ROWID;
+CREATE INDEX heads_ready ON heads(ready_at, seq);
+CREATE TABLE delivered (
+    idempotency_key TEXT PRIMARY KEY, id TEXT NOT NULL, entity TEXT NOT NULL,
+    operation TEXT NOT NULL, fingerprint TEXT NOT NULL, created_at REAL NOT NULL,
+    delivered_at REAL NOT NULL
+);
+CREATE INDEX delivered_at ON delivered(delivered_at);
+"""
+
+
+def _schema_1_file(path: Path, clock: FakeClock) -> dict[str, OutboxItem]:
+    """A schema-1 state file holding a delivered key (k1), a pending item (k2) and a dead
+    letter (k3), written as that version did; returns what the current code reports for
+    the same operations, to compare with."""
+    reference_dir = path.parent / "reference"
+    with Outbox(reference_dir, clock=clock, default_policy=POLICY) as ref:
+        items = {k: put(ref, k, entity=f"chat:{k}") for k in ("k1", "k2", "k3")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(path)
+    try:
+        con.executescript(_SCHEMA_1)
+        for n, key in enumerate(("k1", "k2", "k3"), start=1):
+            item = items[key]
+            con.execute(
+                "INSERT INTO items (entity, operation, kind, payload, idempotency_key,"
+                " fingerprint, created_at, queued_at, attempts, not_before, state, dead_reason)"
+                " VALUES (?, 'chat.send', 1, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                (
+                    item.entity,
+                    json.dumps(item.payload, sort_keys=True, separators=(",", ":")).encode(),
+                    key,
+                    item.fingerprint,
+                    clock.time(),
+                    clock.time(),
+                    clock.time(),
+                    1 if key == "k3" else 0,
+                    "not retryable" if key == "k3" else None,
+                ),
+            )
+            if key == "k2":
+                con.execute("INSERT INTO heads VALUES (?, ?, ?)", (item.entity, n, clock.time()))
+        con.execute("DELETE FROM items WHERE idempotency_key = 'k1'")
+        con.execute(
+            "INSERT INTO delivered VALUES ('k1', 'ob-000000000001', ?, 'chat.send', ?, 0, ?)",
+            (items["k1"].entity, items["k1"].fingerprint, clock.time()),
+        )
+        con.commit()
+    finally:
+        con.close()
+    return items
+
+
+def test_schema_1_file_opens_and_keeps_its_items(tmp_path: Path, clock: FakeClock) -> None:
+    """A state file of the previous layout keeps its pending, dead and delivered items."""
+    state = tmp_path / "state"
+    items = _schema_1_file(state / "outbox.sqlite3", clock)
+    with Outbox(state, clock=clock, default_policy=POLICY) as ob:
+        assert [i.id for i in ob.list()] == ["ob-000000000002"]
+        assert [i.payload for i in ob.list()] == [items["k2"].payload]
+        assert [i.id for i in ob.dead_letters()] == ["ob-000000000003"]
+        again = put(ob, "k1", entity="chat:k1")
+        assert (again.id, again.state) == ("ob-000000000001", ItemState.DELIVERED)
+        with pytest.raises(IdempotencyConflict):
+            put(ob, "k1", entity="chat:k1", text="changed")
+        assert must_claim(ob).id == "ob-000000000002"
+        assert put(ob, "k4").id == "ob-000000000004"
+    con = sqlite3.connect(state / "outbox.sqlite3")
+    try:
+        assert con.execute("PRAGMA user_version").fetchone() == (2,)
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_schema")}
+    finally:
+        con.close()
+    assert "delivered" not in tables
+
+
+def test_file_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    """A state file with a newer schema raises StoreError naming the file, untouched."""
+    (tmp_path / "s").mkdir()
+    con = sqlite3.connect(tmp_path / "s" / "outbox.sqlite3")
+    con.execute("PRAGMA user_version = 99")
+    con.close()
+    with pytest.raises(StoreError, match=r"newer version.*outbox\.sqlite3"):
+        Outbox(tmp_path / "s")
+
+
+def test_list_after_a_ticket_pages_by_key(outbox: Outbox) -> None:
+    """list(after=ticket) starts after that ticket, wherever the page is."""
+    ids = [put(outbox, f"k{i}", entity=f"e{i}").id for i in range(25)]
+    pages: list[list[str]] = []
+    after: str | None = None
+    for _ in range(5):
+        page = [i.id for i in outbox.list(limit=10, after=after)]
+        if not page:
+            break
+        pages.append(page)
+        after = page[-1]
+    assert [len(p) for p in pages] == [10, 10, 5]
+    assert [i for p in pages for i in p] == ids
+    assert [i.id for i in outbox.list(offset=2, limit=2, after=ids[10])] == ids[13:15]
+
+
+def test_dead_letters_after_a_ticket(outbox: Outbox) -> None:
+    """dead_letters(after=ticket) skips dead letters up to that ticket."""
+    for n in range(3):
+        put(outbox, f"k{n}", entity=f"e{n}")
+    for _ in range(3):
+        leased = must_claim(outbox)
+        outbox.fail(leased.id, leased.lease_token or "", "Refused: no", retryable=False)
+    dead = [d.id for d in outbox.dead_letters()]
+    assert len(dead) == 3
+    assert [d.id for d in outbox.dead_letters(after=dead[0])] == dead[1:]
+
+
+def test_list_after_something_not_a_ticket_is_refused(outbox: Outbox) -> None:
+    """after= must be a ticket; anything else is a ValueError naming the option."""
+    with pytest.raises(ValueError, match="after"):
+        outbox.list(after="k1")
+
+
+def test_delivered_key_is_forgotten_after_the_window(tmp_path: Path, clock: FakeClock) -> None:
+    """remember_delivered_seconds after delivery a key can be enqueued again as new."""
+    ob = Outbox(tmp_path / "s", clock=clock, default_policy=POLICY, remember_delivered_seconds=60)
+    try:
+        first = put(ob, "k0")
+        leased = must_claim(ob)
+        assert ob.ack(leased.id, leased.lease_token or "")
+        clock.advance(61)
+        # Expired delivery records are pruned in batches as later items are acknowledged.
+        for n in range(1, 40):
+            put(ob, f"k{n}", entity=f"e{n}")
+            leased = must_claim(ob)
+            assert ob.ack(leased.id, leased.lease_token or "")
+        again = put(ob, "k0")
+        assert again.state is ItemState.PENDING
+        assert again.id != first.id
+    finally:
+        ob.close()
+
+
+def test_delivered_item_is_not_listed_or_gettable(outbox: Outbox) -> None:
+    """A delivered item leaves list, get, drop and the depth; only its key is kept."""
+    item = put(outbox, "k1")
+    leased = must_claim(outbox)
+    assert outbox.ack(leased.id, leased.lease_token or "")
+    assert outbox.get(item.id) is None
+    assert outbox.list() == []
+    assert outbox.depth() == 0
+    assert outbox.drop(item.id) is False
+
+
+def test_ack_and_claim_many_leases_heads_of_distinct_entities(outbox: Outbox) -> None:
+    """One transaction acknowledges, and leases at most one item per entity, oldest first."""
+    a1, a2, b1 = put(outbox, "a1", "chat:a"), put(outbox, "a2", "chat:a"), put(outbox, "b1", "b")
+    first = outbox.claim_many("w", lease_seconds=30, limit=5)
+    assert [i.id for i in first] == [a1.id, b1.id]
+    acked, following = outbox.ack_and_claim_many(
+        [(a1.id, first[0].lease_token or "")], "w", lease_seconds=30, limit=5
+    )
+    assert acked == [True]
+    assert [i.id for i in following] == [a2.id]
+
+
+def test_released_item_is_claimable_again_without_an_attempt(outbox: Outbox) -> None:
+    """An item given back unsent is the head again and its attempt is not counted."""
+    put(outbox, "k1")
+    leased = must_claim(outbox)
+    assert claim(outbox) is None
+    outbox.ack_and_claim_many(
+        [], "w", lease_seconds=30, limit=0, release=[(leased.id, leased.lease_token or "")]
+    )
+    again = must_claim(outbox)
+    assert (again.id, again.attempts) == (leased.id, 1)
+
+
+def test_worker_gives_back_items_whose_lease_ran_half_out(outbox: Outbox, clock: FakeClock) -> None:
+    """In a batch, an item whose lease is half gone when its turn comes is not sent late:
+    it is given back and sent in a later batch, its attempt not counted."""
+    sent: list[tuple[str, int, float]] = []
+
+    def slow_sender(item: OutboxItem) -> None:
+        assert item.lease_until is not None
+        sent.append((item.idempotency_key, item.attempts, item.lease_until - clock.time()))
+        if len(sent) == 1:
+            clock.advance(6.0)  # more than half of the 10 s lease
+
+    put(outbox, "a", entity="chat:a")
+    put(outbox, "b", entity="chat:b")
+    worker = OutboxWorker(outbox, slow_sender, poll_floor=0.05, lease_seconds=10, batch=2)
+    with worker:
+        assert worker.drain(timeout=10) is True
+    assert sent == [("a", 1, 10.0), ("b", 1, 10.0)]
+
+
+def test_worker_batch_is_validated(outbox: Outbox) -> None:
+    """batch outside 1..1000 is a ValueError naming it."""
+    with pytest.raises(ValueError, match="batch"):
+        OutboxWorker(outbox, lambda item: None, batch=0)
