@@ -3,7 +3,7 @@
 ::
 
     superapp status [--json]                  service level, breakers, domains, outbox
-    superapp outbox list [--dead] [--offset N] [--limit N] [--json]
+    superapp outbox list [--dead] [--offset N | --after TICKET] [--limit N] [--json]
     superapp outbox show TICKET [--json]
     superapp outbox retry TICKET              put a dead letter back in its queue
     superapp outbox drop TICKET --yes         delete an undelivered write for good
@@ -298,13 +298,13 @@ def _cmd_outbox_list(args: argparse.Namespace, out: TextIO, clock: Clock) -> int
     with _open_outbox(args) as outbox:
         if args.dead:
             items, total, what = (
-                outbox.dead_letters(args.offset, args.limit),
+                outbox.dead_letters(args.offset, args.limit, after=args.after),
                 outbox.dead_count(),
                 "dead letters",
             )
         else:
             items, total, what = (
-                outbox.list(args.offset, args.limit),
+                outbox.list(args.offset, args.limit, after=args.after),
                 outbox.depth(),
                 "pending items",
             )
@@ -315,6 +315,7 @@ def _cmd_outbox_list(args: argparse.Namespace, out: TextIO, clock: Clock) -> int
             {
                 "total": total,
                 "offset": args.offset,
+                "after": args.after,
                 "limit": args.limit,
                 "items": [_record(item, now) for item in items],
             },
@@ -322,6 +323,8 @@ def _cmd_outbox_list(args: argparse.Namespace, out: TextIO, clock: Clock) -> int
         return 0
     if not items:
         where = f" from offset {args.offset}" if args.offset and total else ""
+        if args.after is not None:
+            where = f" after {args.after}"
         print(f"no {what}{where} ({total} in all)", file=out)
         return 0
     headers = ["ticket", "entity", "operation", "attempts", "age", "payload", "last error"]
@@ -341,10 +344,17 @@ def _cmd_outbox_list(args: argparse.Namespace, out: TextIO, clock: Clock) -> int
         headers.append("why dead")
         for row, item in zip(rows, items, strict=True):
             row.append(_clip(item.dead_reason))
+    if args.after is not None:
+        # Where the page sits would take counting every item before it, which is what
+        # --after avoids; the next page starts after this one's last ticket.
+        _table(out, f"{what} after {args.after} ({total} in all):", headers, rows)
+        if len(items) == args.limit:
+            print(f"more: --after {items[-1].id}", file=out)
+        return 0
     first, last = args.offset + 1, args.offset + len(items)
     _table(out, f"{what} {first}-{last} of {total}:", headers, rows)
     if last < total:
-        print(f"more: --offset {last}", file=out)
+        print(f"more: --offset {last} (or --after {items[-1].id})", file=out)
     return 0
 
 
@@ -500,6 +510,13 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _ticket(text: str) -> str:
+    prefix, _, digits = text.partition("-")
+    if prefix != "ob" or len(digits) != 12 or not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a ticket ({_TICKET_HINT})")
+    return text
+
+
 def _limit(text: str) -> int:
     value = _non_negative(text)
     if not 1 <= value <= 10_000:
@@ -542,6 +559,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing.add_argument("--dead", action="store_true", help="list the dead-letter store")
     listing.add_argument("--offset", type=_non_negative, default=0, metavar="N")
+    listing.add_argument(
+        "--after",
+        type=_ticket,
+        metavar="TICKET",
+        help="start after this ticket (as fast at the end of a long queue as at the start)",
+    )
     listing.add_argument("--limit", type=_limit, default=50, metavar="N", help="1..10000")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(run=_cmd_outbox_list)

@@ -148,6 +148,30 @@ def test_list_age_follows_the_clock(
     assert {row[4] for row in rows} == {"2h"}
 
 
+def test_list_after_a_ticket_pages_by_ticket(
+    state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--after TICKET lists from the next ticket and names where the next page starts."""
+    args = ("--state-dir", str(state), "outbox", "list", "--limit", "2", "--after", ticket(2))
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    assert [line.split()[0] for line in out.splitlines() if line.startswith("ob-")] == [
+        ticket(3),
+        ticket(4),
+    ]
+    assert f"pending items after {ticket(2)} (4 in all)" in out
+    assert f"more: --after {ticket(4)}" in out
+
+
+def test_list_after_rejects_something_not_a_ticket(
+    state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--after with a non-ticket is a usage error that says what tickets look like."""
+    code, _, err = run(capsys, "--state-dir", str(state), "outbox", "list", "--after", "msg-2")
+    assert code == 2
+    assert "ob-000000000001" in err
+
+
 def test_list_rejects_a_limit_out_of_range(state: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--limit 0 is a usage error naming the allowed range."""
     code, _, err = run(capsys, "--state-dir", str(state), "outbox", "list", "--limit", "0")
