@@ -3,7 +3,7 @@
 An item is committed to sqlite (fsynced when the store is durable) *before*
 :meth:`Outbox.enqueue` returns, together with its idempotency key and a fingerprint of
 its payload; only then may the caller answer ``Via.QUEUED`` with the item's ``id`` as the
-ticket. A replay worker then claims items one at a time::
+ticket. A replay worker then claims items (at most one per entity at a time)::
 
     enqueue ──▶ PENDING ──claim (lease)──▶ sent ──ack──▶ DELIVERED (key remembered)
                    ▲                         │
@@ -30,7 +30,11 @@ Guarantees:
 Why not ``diskcache.Deque``: a deque has one order and no leases, so per-entity FIFO,
 claim-with-lease and deduplication by key would need a scan per claim. The outbox keeps
 its own indexed sqlite tables (one row per item, one row per entity head) in
-``<state_dir>/outbox.sqlite3``, one transaction per operation, no batching.
+``<state_dir>/outbox.sqlite3``. Every enqueue is its own transaction (never batched with
+another caller's); :class:`OutboxWorker` acknowledges the items it sent and leases its next
+ones in one transaction per batch. Delivered items stay as tombstones (key and fingerprint,
+no payload) for ``remember_delivered_seconds``; the file's layout version is kept in
+``PRAGMA user_version`` and older files are migrated when opened.
 """
 
 from __future__ import annotations
@@ -117,6 +121,7 @@ CREATE TABLE IF NOT EXISTS items (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS items_key ON items(idempotency_key);
 CREATE INDEX IF NOT EXISTS items_entity ON items(entity, seq) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS items_pending ON items(seq) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS items_dead ON items(seq) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS items_delivered ON items(delivered_at) WHERE state = 2;
 CREATE TABLE IF NOT EXISTS heads (
@@ -151,10 +156,16 @@ _SELECT_PENDING_ID = f"SELECT {_COLUMNS} FROM items WHERE seq = ? AND state = 0"
 _SELECT_DEAD_ID = f"SELECT {_COLUMNS} FROM items WHERE seq = ? AND state = 1"  # noqa: S608
 _SELECT_ID = f"SELECT {_COLUMNS} FROM items WHERE seq = ? AND state != 2"  # noqa: S608
 _SELECT_ALL_PENDING = f"SELECT {_COLUMNS} FROM items WHERE state = 0 ORDER BY seq"  # noqa: S608
-_SELECT_PAGE = (
-    f"SELECT {_COLUMNS} FROM items WHERE state = ? AND seq > ?"  # noqa: S608
-    " ORDER BY seq LIMIT ? OFFSET ?"
-)
+# One query per state, with the state written out: sqlite uses a partial index only when
+# the query's WHERE implies the index's, which a bound ``state = ?`` does not; by rowid the
+# page would walk past every delivered tombstone before the first pending item.
+_SELECT_PAGE = {
+    state: (
+        f"SELECT {_COLUMNS} FROM items WHERE state = {state} AND seq > ?"  # noqa: S608
+        " ORDER BY seq LIMIT ? OFFSET ?"
+    )
+    for state in (_PENDING, _DEAD)
+}
 # The head of the next ready entity and its item, in one statement; a head whose item is
 # gone (it never should be) comes back with a NULL item and is repaired.
 _SELECT_READY_HEAD = (
@@ -987,7 +998,7 @@ class Outbox:
             if start < 0:
                 raise ValueError(f"after must be a ticket like ob-000000000001, got {after!r}")
         with self._db.reading("reading the outbox") as con:
-            rows = con.execute(_SELECT_PAGE, (state, start, limit, offset)).fetchall()
+            rows = con.execute(_SELECT_PAGE[state], (start, limit, offset)).fetchall()
         return [_row_item(row) for row in rows]
 
     def has_pending(self, entity: str) -> bool:
