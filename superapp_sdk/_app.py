@@ -218,7 +218,7 @@ class _Base:
         timer: Timer | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        if store is not None and not store.startswith("disk:"):
+        if store is not None:
             raise ConfigError(
                 f"store={store!r}: only the embedded store (state_dir) is available in this "
                 "release; the shared Redis backend is not implemented yet",

@@ -12,6 +12,7 @@ is a local sqlite file, a fraction of a millisecond per operation.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import enum
 import hashlib
@@ -787,8 +788,6 @@ def identity_verify(st: State, *, token: str) -> Op[Outcome[Claims]]:
 
 
 def _unverified_issuer(token: str) -> str:
-    import base64
-
     try:
         body = token.split(".")[1]
         data = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
