@@ -8,6 +8,7 @@ operations (``superapp_sdk._ops``); they differ only in how they wait.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import os
 import random
@@ -918,18 +919,26 @@ class AsyncSuperApp(_Base):
             providers=eff.providers,
         )
 
-    async def _run(self, op: Op[T]) -> T:
+    async def _run(self, op: Op[T], *, offload: bool = True) -> T:
+        # The steps of an operation that writes durable state (a payment record, a session,
+        # the outbox) wait for an fsync: with ``offload`` they run in a worker thread so the
+        # event loop never waits on the disk (about 0.1 ms a step on a busy 2-core machine).
+        # Reads only touch the page cache and the fsync-free read cache, and run inline.
+        async def step(result: Any, exc: BaseException | None) -> tuple[bool, Any]:
+            if offload:
+                return await asyncio.to_thread(_advance, op, result, exc)
+            return _advance(op, result, exc)
+
         try:
-            eff = next(op)
-            while True:
+            done, value = await step(None, None)
+            while not done:
                 try:
-                    result = await self._invoke(eff)
+                    result = await self._invoke(value)
                 except Exception as exc:  # noqa: BLE001 - handed to the operation to decide
-                    eff = op.throw(exc)
+                    done, value = await step(None, exc)
                 else:
-                    eff = op.send(result)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+                    done, value = await step(result, None)
+            return value  # type: ignore[no-any-return]
         finally:
             op.close()
 
@@ -972,6 +981,17 @@ class AsyncSuperApp(_Base):
         await self.aclose()
 
 
+def _advance(op: Op[Any], result: Any, exc: BaseException | None) -> tuple[bool, Any]:
+    """One step of an operation: ``(True, its value)`` when it finished, else ``(False, the
+    next Invoke)``. StopIteration cannot cross a future, so it is turned into a flag."""
+    try:
+        if exc is not None:
+            return False, op.throw(exc)
+        return False, (next(op) if result is None else op.send(result))
+    except StopIteration as stop:
+        return True, stop.value
+
+
 class _AsyncService:
     def __init__(self, app: AsyncSuperApp) -> None:
         self._app = app
@@ -1005,7 +1025,7 @@ class _AsyncChat(_AsyncService):
     async def history(self, conversation: str, *, limit: int = 50) -> Outcome[list[Message]]:
         """As :meth:`_Chat.history`."""
         return await self._app._run(
-            _ops.chat_history(self._st, conversation=conversation, limit=limit)
+            _ops.chat_history(self._st, conversation=conversation, limit=limit), offload=False
         )
 
 
@@ -1072,7 +1092,7 @@ class _AsyncPayment(_AsyncService):
 
     async def status(self, order_id: str) -> Outcome[Payment]:
         """As :meth:`_Payment.status`."""
-        return await self._app._run(_ops.payment_status(self._st, order_id=order_id))
+        return await self._app._run(_ops.payment_status(self._st, order_id=order_id), offload=False)
 
 
 class _AsyncIdentity(_AsyncService):
@@ -1127,7 +1147,8 @@ class _AsyncMobility(_AsyncService):
     async def estimate(self, *, origin: Place, destination: Place) -> Outcome[Estimate]:
         """As :meth:`_Mobility.estimate`."""
         return await self._app._run(
-            _ops.mobility_estimate(self._st, origin=origin, destination=destination)
+            _ops.mobility_estimate(self._st, origin=origin, destination=destination),
+            offload=False,
         )
 
     async def request_ride(
@@ -1151,7 +1172,7 @@ class _AsyncMobility(_AsyncService):
 
     async def ride(self, ride_id: str) -> Outcome[Ride]:
         """As :meth:`_Mobility.ride`."""
-        return await self._app._run(_ops.mobility_ride(self._st, ride_id=ride_id))
+        return await self._app._run(_ops.mobility_ride(self._st, ride_id=ride_id), offload=False)
 
     async def cancel_ride(self, ride_id: str) -> Outcome[Ride]:
         """As :meth:`_Mobility.cancel_ride`."""
