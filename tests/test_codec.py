@@ -355,7 +355,7 @@ def test_corrupted_cached_answer_raises_store_error_naming_it(tmp_path: Path) ->
     app = _app(state_dir, clock, pay, chat)
     try:
         app.chat.history("c-1")  # caches the (empty) history
-        with DiskStore(state_dir, clock=clock) as disk:
+        with DiskStore(state_dir / "cache", durable=False, clock=clock) as disk:
             cache = ReadCache(disk.namespace("cache"), clock=clock)
             cache.put("chat.history:c-1:50", {"not": "a list"}, operation="chat.history")
         chat.fail = ProviderConnectError("chat.a down", request_sent=False)
