@@ -51,22 +51,16 @@ from superapp_sdk.offline.outbox import (
 )
 from superapp_sdk.providers._http import arun_call, run_call
 from superapp_sdk.resilience import (
-    Bulkhead,
     CallContext,
     CircuitBreaker,
-    Deadline,
     Pipeline,
-    Retry,
     Route,
     Routed,
     Router,
     SharedBudget,
     SharedDetector,
     SystemTimer,
-    Timeout,
     Timer,
-    default_retryable,
-    retryable_unless_timeout,
 )
 from superapp_sdk.store import DiskStore
 from superapp_sdk.tokens._seal import Sealer
@@ -181,10 +175,6 @@ class DeadLettered:
 
 
 # -- the shared machinery --------------------------------------------------------------------
-
-
-def _not_sent(exc: BaseException) -> bool:
-    return getattr(exc, "request_sent", None) is False
 
 
 @dataclass
@@ -304,45 +294,21 @@ class _Base:
         self, p: Provider, br: CircuitBreaker, budget: SharedBudget
     ) -> tuple[Pipeline, dict[OperationKind, Pipeline]]:
         t = self.timeouts
-        latency = LatencyTracker()
-
-        def make(strategies: list[Any]) -> Pipeline:
-            return Pipeline(*strategies, name=p.name, timer=self.timer, latency=latency)
-
-        def retry(attempts: int, retry_on: Callable[[BaseException], bool]) -> Retry:
-            return Retry(
-                attempts,
-                budget=budget,
-                retry_on=retry_on,
-                retry_on_last_resort=default_retryable if retry_on is not _not_sent else _not_sent,
-            )
-
-        read = make(
-            [
-                Deadline(t.read_deadline),
-                Bulkhead(256),
-                br,
-                retry(3, retryable_unless_timeout),
-                Timeout(t.read, floor=min(t.floor, t.read)),
-            ]
+        shared: dict[str, Any] = {
+            "budget": budget,
+            "breaker": br,
+            "latency": LatencyTracker(),
+            "timer": self.timer,
+            "floor": t.floor,
+        }
+        read = Pipeline.for_read(
+            p.name, timeout=t.read, deadline=t.read_deadline, alternates=True, **shared
         )
-        write = make(
-            [
-                Deadline(t.write_deadline),
-                Bulkhead(128),
-                br,
-                retry(3, retryable_unless_timeout),
-                Timeout(t.write, floor=min(t.floor, t.write)),
-            ]
+        write = Pipeline.for_write(
+            p.name, timeout=t.write, deadline=t.write_deadline, alternates=True, **shared
         )
-        payment = make(
-            [
-                Deadline(t.payment_deadline),
-                Bulkhead(64),
-                br,
-                retry(2, _not_sent),
-                Timeout(t.payment, adaptive=False, floor=min(t.floor, t.payment)),
-            ]
+        payment = Pipeline.for_payment(
+            p.name, timeout=t.payment, deadline=t.payment_deadline, **shared
         )
         return read, {
             OperationKind.READ: read,

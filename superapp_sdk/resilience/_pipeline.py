@@ -16,6 +16,8 @@ from superapp_sdk.resilience._base import (
     SyncNext,
     SystemTimer,
     Timer,
+    default_retryable,
+    retryable_unless_timeout,
 )
 from superapp_sdk.resilience._strategies import (
     Bulkhead,
@@ -187,6 +189,37 @@ class Pipeline:
         return f"Pipeline({self.name!r}: {inner})"
 
     # -- defaults per operation kind ---------------------------------------------------
+    #
+    # Shared arguments of the three: ``breaker`` and ``latency`` let one provider's read,
+    # write and payment pipelines share its breaker and latency history (as SuperApp
+    # does); ``alternates=True`` says a router can fail over, so a try that timed out is
+    # failed over instead of retried (it is still retried when no alternate is left).
+
+    @classmethod
+    def _kind(
+        cls,
+        name: str,
+        *,
+        deadline: float,
+        bulkhead: int,
+        retry: Retry,
+        timeout: Timeout,
+        hedge: bool,
+        breaker: CircuitBreaker | None,
+        latency: LatencyTracker | None,
+        timer: Timer | None,
+        listeners: Sequence[Listener],
+    ) -> Pipeline:
+        strategies: list[Strategy] = [
+            Deadline(deadline),
+            Bulkhead(bulkhead),
+            breaker or CircuitBreaker(),
+            retry,
+        ]
+        if hedge:
+            strategies.append(Hedge())
+        strategies.append(timeout)
+        return cls(*strategies, name=name, timer=timer, listeners=listeners, latency=latency)
 
     @classmethod
     def for_read(
@@ -199,18 +232,24 @@ class Pipeline:
         hedge: bool = False,
         timer: Timer | None = None,
         listeners: Sequence[Listener] = (),
+        breaker: CircuitBreaker | None = None,
+        latency: LatencyTracker | None = None,
+        floor: float = 0.05,
+        alternates: bool = False,
     ) -> Pipeline:
         """Defaults for an idempotent read: three tries, adaptive timeout, optional hedge."""
-        strategies: list[Strategy] = [
-            Deadline(deadline),
-            Bulkhead(256),
-            CircuitBreaker(),
-            Retry(3, budget=budget),
-        ]
-        if hedge:
-            strategies.append(Hedge())
-        strategies.append(Timeout(timeout))
-        return cls(*strategies, name=name, timer=timer, listeners=listeners)
+        return cls._kind(
+            name,
+            deadline=deadline,
+            bulkhead=256,
+            retry=_retry(3, budget, alternates),
+            timeout=Timeout(timeout, floor=min(floor, timeout)),
+            hedge=hedge,
+            breaker=breaker,
+            latency=latency,
+            timer=timer,
+            listeners=listeners,
+        )
 
     @classmethod
     def for_write(
@@ -222,15 +261,21 @@ class Pipeline:
         budget: SharedBudget | None = None,
         timer: Timer | None = None,
         listeners: Sequence[Listener] = (),
+        breaker: CircuitBreaker | None = None,
+        latency: LatencyTracker | None = None,
+        floor: float = 0.05,
+        alternates: bool = False,
     ) -> Pipeline:
         """Defaults for an idempotent write (one carrying an idempotency key)."""
-        return cls(
-            Deadline(deadline),
-            Bulkhead(128),
-            CircuitBreaker(),
-            Retry(3, budget=budget),
-            Timeout(timeout),
-            name=name,
+        return cls._kind(
+            name,
+            deadline=deadline,
+            bulkhead=128,
+            retry=_retry(3, budget, alternates),
+            timeout=Timeout(timeout, floor=min(floor, timeout)),
+            hedge=False,
+            breaker=breaker,
+            latency=latency,
             timer=timer,
             listeners=listeners,
         )
@@ -245,20 +290,36 @@ class Pipeline:
         budget: SharedBudget | None = None,
         timer: Timer | None = None,
         listeners: Sequence[Listener] = (),
+        breaker: CircuitBreaker | None = None,
+        latency: LatencyTracker | None = None,
+        floor: float = 0.05,
     ) -> Pipeline:
         """Defaults for a payment: retried only on errors that prove nothing was sent
         (an ambiguous timeout is resolved by a status query, not a blind retry), with a
         fixed, generous per-try timeout (a payment taking long is not a dead provider)."""
-        return cls(
-            Deadline(deadline),
-            Bulkhead(64),
-            CircuitBreaker(),
-            Retry(2, budget=budget, retry_on=_not_sent, retry_on_last_resort=_not_sent),
-            Timeout(timeout, adaptive=False),
-            name=name,
+        return cls._kind(
+            name,
+            deadline=deadline,
+            bulkhead=64,
+            retry=Retry(2, budget=budget, retry_on=_not_sent, retry_on_last_resort=_not_sent),
+            timeout=Timeout(timeout, adaptive=False, floor=min(floor, timeout)),
+            hedge=False,
+            breaker=breaker,
+            latency=latency,
             timer=timer,
             listeners=listeners,
         )
+
+
+def _retry(attempts: int, budget: SharedBudget | None, alternates: bool) -> Retry:
+    if alternates:
+        return Retry(
+            attempts,
+            budget=budget,
+            retry_on=retryable_unless_timeout,
+            retry_on_last_resort=default_retryable,
+        )
+    return Retry(attempts, budget=budget)
 
 
 def _not_sent(exc: BaseException) -> bool:
