@@ -12,7 +12,6 @@ import asyncio
 import enum
 import os
 import random
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -316,6 +315,23 @@ class _Base:
             OperationKind.PAYMENT: payment,
         }
 
+    @classmethod
+    def from_config(
+        cls, source: str | os.PathLike[str] | Mapping[str, Any], **overrides: Any
+    ) -> Self:
+        """Build from a TOML file or a dict (see :mod:`superapp_sdk._config`)."""
+        from superapp_sdk._config import load_config
+
+        return cls(**{**load_config(source), **overrides})
+
+    def _router(self, eff: Invoke) -> Router[Any]:
+        router = self._parts.routers.get(eff.capability)
+        if router is None:
+            raise Unavailable(
+                f"no {eff.capability.value} provider is configured", operation=eff.operation
+            )
+        return router
+
     # -- events --------------------------------------------------------------------------
 
     def on(self, event_type: type[Any] | str, callback: Callable[[Any], None]) -> None:
@@ -471,36 +487,11 @@ class SuperApp(_Base):
         self.mobility = _Mobility(self)
         self.directory = _DirectoryService(self._parts.state.directory)
 
-    @classmethod
-    def from_config(
-        cls, source: str | os.PathLike[str] | Mapping[str, Any], **overrides: Any
-    ) -> Self:
-        """Build from a TOML file or a dict (see :mod:`superapp_sdk._config`)."""
-        from superapp_sdk._config import load_config
-
-        return cls(**{**load_config(source), **overrides})
-
     # -- driving operations ----------------------------------------------------------------
 
     def _invoke(self, eff: Invoke) -> Routed[Any]:
-        router = self._parts.routers.get(eff.capability)
-        if router is None:
-            raise Unavailable(
-                f"no {eff.capability.value} provider is configured", operation=eff.operation
-            )
+        router = self._router(eff)
         client = self._client
-
-        def make(r: Route[Any]) -> Callable[[CallContext], Any]:
-            def fn(ctx: CallContext) -> Any:
-                return run_call(
-                    client,
-                    eff.build(r.provider),
-                    provider=r.name,
-                    operation=eff.operation,
-                    timeout=ctx.timeout,
-                )
-
-            return fn
 
         def direct(
             build: Callable[[Any], Any], timeout: float | None
@@ -522,7 +513,7 @@ class SuperApp(_Base):
         return router.call(
             eff.operation,
             eff.kind,
-            make,
+            direct(eff.build, None),
             resolve=resolve,
             probe=probe,
             hedge=eff.hedge,
@@ -819,41 +810,15 @@ class AsyncSuperApp(_Base):
         self._own_client = http_client is None
         self._client = http_client or httpx.AsyncClient(timeout=httpx.Timeout(10.0))
         self._worker = AsyncOutboxWorker(self.outbox, self._deliver, poll_floor=1.0)
-        self._loop_thread: threading.Thread | None = None
         self.chat = _AsyncChat(self)
         self.payment = _AsyncPayment(self)
         self.identity = _AsyncIdentity(self)
         self.mobility = _AsyncMobility(self)
         self.directory = _DirectoryService(self._parts.state.directory)
 
-    @classmethod
-    def from_config(
-        cls, source: str | os.PathLike[str] | Mapping[str, Any], **overrides: Any
-    ) -> Self:
-        """Build from a TOML file or a dict (see :mod:`superapp_sdk._config`)."""
-        from superapp_sdk._config import load_config
-
-        return cls(**{**load_config(source), **overrides})
-
     async def _invoke(self, eff: Invoke) -> Routed[Any]:
-        router = self._parts.routers.get(eff.capability)
-        if router is None:
-            raise Unavailable(
-                f"no {eff.capability.value} provider is configured", operation=eff.operation
-            )
+        router = self._router(eff)
         client = self._client
-
-        def make(r: Route[Any]) -> Callable[[CallContext], Any]:
-            async def fn(ctx: CallContext) -> Any:
-                return await arun_call(
-                    client,
-                    eff.build(r.provider),
-                    provider=r.name,
-                    operation=eff.operation,
-                    timeout=ctx.timeout,
-                )
-
-            return fn
 
         def direct(
             build: Callable[[Any], Any], timeout: float | None
@@ -878,7 +843,7 @@ class AsyncSuperApp(_Base):
         return await router.acall(
             eff.operation,
             eff.kind,
-            make,
+            direct(eff.build, None),
             resolve=resolve,
             probe=probe,
             hedge=eff.hedge,
