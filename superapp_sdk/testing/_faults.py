@@ -516,34 +516,10 @@ def _static_response(fault: Status | Malformed, request: httpx.Request) -> httpx
     )
 
 
-class FaultTransport(httpx.BaseTransport):
-    """An :class:`httpx.BaseTransport` that injects faults into chosen requests.
+class _RecordView:
+    """What the sync and async fault transports report about the requests they saw."""
 
-    Args:
-        schedule: which fault each request gets (see the module docs); default: none.
-        inner: where requests that get no fault (or a ``Latency`` or ``delivered`` fault)
-            go. Default: a :class:`httpx.MockTransport` answering 200 ``{}``; any sync
-            transport works (``MockTransport``, ``HTTPTransport``, ``WSGITransport``).
-        clock: a :class:`FakeClock` for virtual time; without one, waits are real.
-        max_hang: the longest a :class:`Hang` waits, in seconds (> 0), for requests
-            without a timeout and as a cap on long ones.
-
-    Attributes ``requests``, ``faults`` (aligned with ``requests``; ``None`` = passed
-    through), ``forwarded`` and ``counts`` record what happened.
-    """
-
-    def __init__(
-        self,
-        schedule: ScheduleLike = (),
-        *,
-        inner: httpx.BaseTransport | None = None,
-        clock: FakeClock | None = None,
-        max_hang: float = 30.0,
-    ) -> None:
-        self._record = _Recorder(schedule, max_hang)
-        self._inner = inner if inner is not None else httpx.MockTransport(_default_handler)
-        self._clock = clock
-        self._closed = threading.Event()
+    _record: _Recorder
 
     @property
     def schedule(self) -> Schedule:
@@ -581,6 +557,36 @@ class FaultTransport(httpx.BaseTransport):
             if isinstance(kind, type):
                 return sum(n for f, n in self._record.counts.items() if isinstance(f, kind))
             return self._record.counts[kind]
+
+
+class FaultTransport(_RecordView, httpx.BaseTransport):
+    """An :class:`httpx.BaseTransport` that injects faults into chosen requests.
+
+    Args:
+        schedule: which fault each request gets (see the module docs); default: none.
+        inner: where requests that get no fault (or a ``Latency`` or ``delivered`` fault)
+            go. Default: a :class:`httpx.MockTransport` answering 200 ``{}``; any sync
+            transport works (``MockTransport``, ``HTTPTransport``, ``WSGITransport``).
+        clock: a :class:`FakeClock` for virtual time; without one, waits are real.
+        max_hang: the longest a :class:`Hang` waits, in seconds (> 0), for requests
+            without a timeout and as a cap on long ones.
+
+    Attributes ``requests``, ``faults`` (aligned with ``requests``; ``None`` = passed
+    through), ``forwarded`` and ``counts`` record what happened.
+    """
+
+    def __init__(
+        self,
+        schedule: ScheduleLike = (),
+        *,
+        inner: httpx.BaseTransport | None = None,
+        clock: FakeClock | None = None,
+        max_hang: float = 30.0,
+    ) -> None:
+        self._record = _Recorder(schedule, max_hang)
+        self._inner = inner if inner is not None else httpx.MockTransport(_default_handler)
+        self._clock = clock
+        self._closed = threading.Event()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Apply this request's fault, or forward it to the inner transport."""
@@ -633,7 +639,7 @@ class FaultTransport(httpx.BaseTransport):
         return self._record.repr("FaultTransport")
 
 
-class AsyncFaultTransport(httpx.AsyncBaseTransport):
+class AsyncFaultTransport(_RecordView, httpx.AsyncBaseTransport):
     """The asyncio twin of :class:`FaultTransport`, for :class:`httpx.AsyncClient`.
 
     Same arguments, except ``inner`` is an async transport (``MockTransport``,
@@ -654,43 +660,6 @@ class AsyncFaultTransport(httpx.AsyncBaseTransport):
         self._clock = clock
         self._closed = False
         self._closed_event: asyncio.Event | None = None
-
-    @property
-    def schedule(self) -> Schedule:
-        """The schedule in use."""
-        return self._record.schedule
-
-    @property
-    def requests(self) -> tuple[httpx.Request, ...]:
-        """Every request seen, in order."""
-        with self._record.lock:
-            return tuple(self._record.requests)
-
-    @property
-    def faults(self) -> tuple[Fault | None, ...]:
-        """The fault given to each request in ``requests`` (``None``: passed through)."""
-        with self._record.lock:
-            return tuple(self._record.faults)
-
-    @property
-    def forwarded(self) -> tuple[httpx.Request, ...]:
-        """The requests that reached the inner transport."""
-        with self._record.lock:
-            return tuple(self._record.forwarded)
-
-    @property
-    def counts(self) -> Counter[Fault]:
-        """How many times each fault was injected."""
-        with self._record.lock:
-            return Counter(self._record.counts)
-
-    def count(self, kind: type[Fault] | Fault) -> int:
-        """How many times a fault (``Status(503)``) or a kind of fault (``Status``) was
-        injected."""
-        with self._record.lock:
-            if isinstance(kind, type):
-                return sum(n for f, n in self._record.counts.items() if isinstance(f, kind))
-            return self._record.counts[kind]
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Apply this request's fault, or forward it to the inner transport."""
