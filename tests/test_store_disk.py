@@ -133,6 +133,47 @@ def test_incr_is_atomic_across_processes(tmp_path: Path) -> None:
         s.close()
 
 
+def _posix_locks_held(path: Path) -> int:
+    """How many POSIX locks this process holds on ``path`` (from /proc/locks)."""
+    st = os.stat(path)
+    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    held = 0
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        # "1: POSIX  ADVISORY  READ 1234 fd:01:5678 128 128"; blocked waiters add "->".
+        if "->" in fields or len(fields) < 6:
+            continue
+        if fields[1] == "POSIX" and fields[4] == str(os.getpid()) and fields[5] == wanted:
+            held += 1
+    return held
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks")
+def test_opening_the_store_twice_keeps_sqlites_locks(tmp_path: Path) -> None:
+    """A second DiskStore on the same directory must not drop the first one's sqlite locks.
+
+    Closing any descriptor of a file drops every POSIX lock the process holds on it: if
+    opening the store opened and closed the live ``-shm`` file, another process could take
+    itself for the first opener and truncate the shared memory under this one (SIGBUS).
+    """
+    first = DiskStore(tmp_path / "state", durable=False)
+    try:
+        first.set("k", b"v")
+        shm = tmp_path / "state" / "kv" / "cache.db-shm"
+        before = _posix_locks_held(shm)
+        assert before >= 1, "sqlite should hold its shared-memory lock while the store is open"
+        second = DiskStore(tmp_path / "state", durable=False)
+        try:
+            assert _posix_locks_held(shm) >= before
+            assert second.get("k") == b"v"
+        finally:
+            second.close()
+        assert _posix_locks_held(shm) >= 1
+        assert first.get("k") == b"v"
+    finally:
+        first.close()
+
+
 def test_namespaces_do_not_collide(store: DiskStore) -> None:
     """The same key in two namespaces holds two values."""
     a, b = store.namespace("a"), store.namespace("b")

@@ -52,9 +52,21 @@ def ensure_private_dir(path: Path) -> None:
 
 
 def ensure_private_file(path: Path) -> None:
-    """Create ``path`` empty if missing, and make it 0600; StoreError if impossible."""
+    """Create ``path`` empty if missing, and make it 0600; StoreError if impossible.
+
+    An existing file is never opened, only chmod-ed by name: sqlite locks its files with
+    POSIX advisory locks, and closing *any* descriptor of a file drops every such lock the
+    process holds on it. Opening and closing a live database (or its ``-shm``) here would
+    let another process believe it is the first to open it and truncate the shared memory
+    this one has mapped (SIGBUS). https://www.sqlite.org/howtocorrupt.html#_posix_advisory_locks_canceled_by_a_separate_thread_doing_close_
+    """
     try:
-        fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, FILE_MODE)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, FILE_MODE)
+        except FileExistsError:
+            if stat.S_IMODE(os.stat(path).st_mode) != FILE_MODE:
+                os.chmod(path, FILE_MODE)
+            return
         try:
             if stat.S_IMODE(os.fstat(fd).st_mode) != FILE_MODE:
                 os.fchmod(fd, FILE_MODE)
