@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import sqlite3
@@ -685,11 +686,117 @@ def test_schema_1_file_opens_and_keeps_its_items(tmp_path: Path, clock: FakeCloc
         assert put(ob, "k4").id == "ob-000000000004"
     con = sqlite3.connect(state / "outbox.sqlite3")
     try:
-        assert con.execute("PRAGMA user_version").fetchone() == (2,)
+        assert con.execute("PRAGMA user_version").fetchone() == (3,)
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_schema")}
     finally:
         con.close()
     assert "delivered" not in tables
+    assert "items_v2" not in tables
+
+
+_SCHEMA_2 = """
+CREATE TABLE items (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, entity TEXT NOT NULL, operation TEXT NOT NULL,
+    kind INTEGER NOT NULL, payload BLOB NOT NULL, idempotency_key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL, created_at REAL NOT NULL, queued_at REAL NOT NULL,
+    attempts INTEGER NOT NULL, not_before REAL NOT NULL, last_error TEXT, dead_reason TEXT,
+    state INTEGER NOT NULL, lease_token TEXT, lease_until REAL, delivered_at REAL
+);
+CREATE UNIQUE INDEX items_key ON items(idempotency_key);
+CREATE INDEX items_entity ON items(entity, seq) WHERE state = 0;
+CREATE INDEX items_pending ON items(seq) WHERE state = 0;
+CREATE INDEX items_dead ON items(seq) WHERE state = 1;
+CREATE INDEX items_delivered ON items(delivered_at) WHERE state = 2;
+CREATE TABLE heads (entity TEXT PRIMARY KEY, seq INTEGER NOT NULL, ready_at REAL NOT NULL)
+    WITHOUT ROWID;
+CREATE INDEX heads_ready ON heads(ready_at, seq);
+PRAGMA user_version = 2;
+"""
+
+
+def test_schema_2_file_opens_keeps_its_items_and_never_reuses_a_ticket(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A schema-2 file keeps its pending, dead and delivered items, and tickets handed out
+    by its AUTOINCREMENT (even of rows deleted since) are not handed out again."""
+    state = tmp_path / "state"
+    reference_dir = tmp_path / "reference"
+    with Outbox(reference_dir, clock=clock, default_policy=POLICY) as ref:
+        items = {k: put(ref, k, entity=f"chat:{k}") for k in ("k1", "k2", "k3", "k4")}
+    state.mkdir()
+    con = sqlite3.connect(state / "outbox.sqlite3")
+    try:
+        con.executescript(_SCHEMA_2)
+        states = {"k1": 2, "k2": 0, "k3": 1, "k4": 0}
+        for key, item in items.items():
+            con.execute(
+                "INSERT INTO items (entity, operation, kind, payload, idempotency_key,"
+                " fingerprint, created_at, queued_at, attempts, not_before, state,"
+                " dead_reason, delivered_at) VALUES (?, 'chat.send', ?, ?, ?, ?, ?, ?, 0, ?,"
+                " ?, ?, ?)",
+                (
+                    item.entity,
+                    0 if key == "k1" else 1,
+                    b"" if key == "k1" else json.dumps(item.payload).encode(),
+                    key,
+                    item.fingerprint,
+                    clock.time(),
+                    clock.time(),
+                    clock.time(),
+                    states[key],
+                    "not retryable" if key == "k3" else None,
+                    clock.time() if key == "k1" else None,
+                ),
+            )
+        con.execute("INSERT INTO heads VALUES ('chat:k2', 2, ?)", (clock.time(),))
+        # The newest item (ticket 4) was dropped: its ticket must stay retired.
+        con.execute("DELETE FROM items WHERE idempotency_key = 'k4'")
+        con.commit()
+    finally:
+        con.close()
+    with Outbox(state, clock=clock, default_policy=POLICY) as ob:
+        assert [i.id for i in ob.list()] == ["ob-000000000002"]
+        assert [i.payload for i in ob.list()] == [items["k2"].payload]
+        assert [i.id for i in ob.dead_letters()] == ["ob-000000000003"]
+        again = put(ob, "k1", entity="chat:k1")
+        assert (again.id, again.state) == ("ob-000000000001", ItemState.DELIVERED)
+        with pytest.raises(IdempotencyConflict):
+            put(ob, "k2", entity="chat:k2", text="changed")
+        assert must_claim(ob).id == "ob-000000000002"
+        assert put(ob, "k5").id == "ob-000000000005"
+    con = sqlite3.connect(state / "outbox.sqlite3")
+    try:
+        assert con.execute("PRAGMA user_version").fetchone() == (3,)
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_schema")}
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        con.close()
+    assert "items_v2" not in tables
+
+
+def test_a_dropped_newest_ticket_is_never_handed_out_again(outbox: Outbox) -> None:
+    """Dropping (or delivering, when keys are not remembered) the newest item retires its
+    ticket: the next enqueue gets a new one."""
+    first = put(outbox, "a", entity="e1")
+    newest = put(outbox, "b", entity="e2")
+    assert outbox.drop(newest.id)
+    assert put(outbox, "c", entity="e3").id > newest.id
+    assert outbox.drop(first.id)
+    assert put(outbox, "d", entity="e4").id > newest.id
+
+
+def test_an_acknowledged_newest_ticket_is_retired_without_tombstones(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """With remember_delivered_seconds=0 the acknowledged row is deleted; its ticket is not
+    reused by the next enqueue, also after reopening the file."""
+    with Outbox(tmp_path / "s", clock=clock, remember_delivered_seconds=0) as ob:
+        item = put(ob, "a")
+        leased = must_claim(ob)
+        assert ob.ack(leased.id, leased.lease_token or "")
+        assert ob.get(item.id) is None
+    with Outbox(tmp_path / "s", clock=clock, remember_delivered_seconds=0) as ob:
+        assert put(ob, "b").id > item.id
 
 
 def test_file_from_a_newer_version_is_refused(tmp_path: Path) -> None:
@@ -814,3 +921,146 @@ def test_worker_batch_is_validated(outbox: Outbox) -> None:
     """batch outside 1..1000 is a ValueError naming it."""
     with pytest.raises(ValueError, match="batch"):
         OutboxWorker(outbox, lambda item: None, batch=0)
+
+
+class _CountingFile:
+    """Wraps an Outbox's sqlite file: counts transactions, can hold writers back, can fail."""
+
+    def __init__(self, ob: Outbox) -> None:
+        self.commits = 0
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_with: Exception | None = None
+        self._inner = ob._db.transaction
+        ob._db.transaction = self._transaction  # type: ignore[method-assign]
+
+    def _transaction(self, action: str):  # type: ignore[no-untyped-def]
+        self.gate.wait(10)
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.commits += 1
+        return self._inner(action)
+
+
+def _enqueue_in_threads(ob: Outbox, keys: list[str], *, payloads: list[str] | None = None):  # type: ignore[no-untyped-def]
+    results: dict[str, OutboxItem | BaseException] = {}
+
+    def one(i: int, key: str) -> None:
+        try:
+            results[f"{i}:{key}"] = put(ob, key, entity=f"chat:{key}", text=(payloads or keys)[i])
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            results[f"{i}:{key}"] = exc
+
+    threads = [threading.Thread(target=one, args=(i, k)) for i, k in enumerate(keys)]
+    return threads, results
+
+
+@contextlib.contextmanager
+def _commit_in_progress(ob: Outbox) -> Iterator[None]:
+    """Make enqueues wait as if another caller were committing, then let them go."""
+    with ob._group_cond:
+        ob._committing = True
+    try:
+        yield
+    finally:
+        with ob._group_cond:
+            ob._committing = False
+            ob._group_cond.notify_all()
+
+
+def _wait_queued(ob: Outbox, n: int) -> None:
+    for _ in range(1000):
+        with ob._group_cond:
+            if len(ob._group) >= n:
+                return
+        threading.Event().wait(0.005)
+    raise AssertionError(f"{n} enqueues never queued up")
+
+
+def test_concurrent_enqueues_share_one_commit(tmp_path: Path, clock: FakeClock) -> None:
+    """Callers arriving while a commit is in progress are written in one later commit."""
+    ob = Outbox(tmp_path / "state", clock=clock)
+    counting = _CountingFile(ob)
+    try:
+        # The first caller becomes the committer and is held at the transaction; the
+        # other seven queue up behind it and are all written by the next commit.
+        counting.gate.clear()
+        first, results = _enqueue_in_threads(ob, ["k0"])
+        first[0].start()
+        for _ in range(1000):
+            if ob._committing:
+                break
+            threading.Event().wait(0.005)
+        rest, more = _enqueue_in_threads(ob, [f"k{i}" for i in range(1, 8)])
+        for t in rest:
+            t.start()
+        _wait_queued(ob, 7)
+        counting.gate.set()
+        for t in [*first, *rest]:
+            t.join(10)
+        results.update(more)
+        items = [r for r in results.values() if isinstance(r, OutboxItem)]
+        assert len(items) == 8
+        assert counting.commits == 2
+        assert len({i.id for i in items}) == 8
+        assert ob.depth() == 8
+    finally:
+        ob.close()
+    again = Outbox(tmp_path / "state", clock=clock)
+    try:
+        assert {i.idempotency_key for i in again.list(limit=100)} == {f"k{i}" for i in range(8)}
+    finally:
+        again.close()
+
+
+def test_one_conflict_in_a_group_does_not_fail_the_others(tmp_path: Path, clock: FakeClock) -> None:
+    """In one group commit, a reused key with another payload is refused; the rest commit."""
+    ob = Outbox(tmp_path / "state", clock=clock)
+    counting = _CountingFile(ob)
+    try:
+        counting.gate.clear()
+        with _commit_in_progress(ob):
+            threads, results = _enqueue_in_threads(
+                ob,
+                ["a", "dup", "dup", "b", "same", "same"],
+                payloads=["a", "one", "two", "b", "x", "x"],
+            )
+            for t in threads:
+                t.start()
+            _wait_queued(ob, 6)
+            counting.gate.set()
+        for t in threads:
+            t.join(10)
+        assert counting.commits == 1
+        conflicts = [r for r in results.values() if isinstance(r, IdempotencyConflict)]
+        assert len(conflicts) == 1
+        assert "dup" in str(conflicts[0])
+        same = [r for k, r in results.items() if k.endswith(":same")]
+        assert all(isinstance(r, OutboxItem) for r in same)
+        assert len({r.id for r in same if isinstance(r, OutboxItem)}) == 1
+        assert ob.depth() == 4
+    finally:
+        ob.close()
+
+
+def test_a_failed_group_commit_fails_every_caller_in_it(tmp_path: Path, clock: FakeClock) -> None:
+    """When the shared commit fails, each caller gets its own StoreError and nothing is queued."""
+    ob = Outbox(tmp_path / "state", clock=clock)
+    counting = _CountingFile(ob)
+    try:
+        counting.fail_with = StoreError("enqueueing failed: disk full (x)", path="x")
+        with _commit_in_progress(ob):
+            threads, results = _enqueue_in_threads(ob, [f"k{i}" for i in range(4)])
+            for t in threads:
+                t.start()
+            _wait_queued(ob, 4)
+        for t in threads:
+            t.join(10)
+        errors = list(results.values())
+        assert all(isinstance(e, StoreError) and "disk full" in str(e) for e in errors)
+        assert len({id(e) for e in errors}) == 4
+        counting.fail_with = None
+        assert ob.depth() == 0
+        assert ob._group == []
+    finally:
+        ob.close()

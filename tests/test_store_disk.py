@@ -401,3 +401,18 @@ def test_close_waits_for_an_operation_in_progress(tmp_path: Path) -> None:
     assert done == [True]
     with pytest.raises(StoreError, match="closed"), db.reading("after close"):
         pass
+
+
+def test_an_old_sqlite_is_refused_naming_the_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Python linking a sqlite without RETURNING gets a StoreError naming both versions."""
+    import sqlite3
+
+    from superapp_sdk.store._files import SqliteFile
+
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 31, 1))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.31.1")
+    with pytest.raises(StoreError, match=r"3\.35\.0 or newer.*3\.31\.1"):
+        SqliteFile(tmp_path / "x.sqlite3")
+    assert not (tmp_path / "x.sqlite3").exists()

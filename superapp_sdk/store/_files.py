@@ -41,6 +41,10 @@ def store_error(path: Path | str, action: str, exc: BaseException) -> StoreError
     return StoreError(f"{action} failed: {why} ({path}): {text}", path=str(path))
 
 
+#: The oldest sqlite the state files work with (3.35: RETURNING; 3.33: UPDATE ... FROM).
+MIN_SQLITE = (3, 35, 0)
+
+
 def ensure_private_dir(path: Path) -> None:
     """Create ``path`` (and parents) if missing and make it 0700; StoreError if impossible."""
     try:
@@ -110,6 +114,13 @@ class SqliteFile:
     ) -> None:
         if wal_autocheckpoint < 0:
             raise ValueError(f"wal_autocheckpoint must be >= 0 pages, got {wal_autocheckpoint!r}")
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise StoreError(
+                f"the state file needs sqlite {'.'.join(map(str, MIN_SQLITE))} or newer"
+                f" (RETURNING, UPDATE ... FROM); this Python links sqlite"
+                f" {sqlite3.sqlite_version} ({path})",
+                path=str(path),
+            )
         self.path = path
         self.durable = durable
         self._busy_timeout = busy_timeout
