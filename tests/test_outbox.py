@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import random
@@ -513,6 +514,75 @@ async def test_async_worker_drains(outbox: Outbox) -> None:
     async with AsyncOutboxWorker(outbox, sender) as worker:
         assert await worker.drain(timeout=10) is True
     assert sent == [f"k{i}" for i in range(5)]
+
+
+async def test_async_worker_sends_concurrently_in_entity_order(outbox: Outbox) -> None:
+    """With concurrency, sends of distinct entities overlap; each entity stays in order,
+    one send at a time."""
+    sent: list[tuple[str, str]] = []
+    in_flight: dict[str, int] = {}
+    most = 0
+
+    async def sender(item: OutboxItem) -> None:
+        nonlocal most
+        assert in_flight.get(item.entity, 0) == 0, "two sends of one entity at once"
+        in_flight[item.entity] = 1
+        most = max(most, sum(in_flight.values()))
+        await asyncio.sleep(0.002)
+        in_flight[item.entity] = 0
+        sent.append((item.entity, item.idempotency_key))
+
+    for i in range(60):
+        put(outbox, f"k{i:02d}", entity=f"e{i % 6}")
+    async with AsyncOutboxWorker(outbox, sender, concurrency=4, batch=8) as worker:
+        assert await worker.drain(timeout=20) is True
+    assert len(sent) == 60
+    assert most > 1
+    for e in range(6):
+        keys = [k for entity, k in sent if entity == f"e{e}"]
+        assert keys == sorted(keys)
+    assert outbox.depth() == 0
+
+
+async def test_stopping_the_async_worker_gives_back_what_it_did_not_start(
+    outbox: Outbox,
+) -> None:
+    """Cancelled mid-batch, the async worker acknowledges what it sent and gives back the
+    items it never started: they are claimable at once, their attempt not counted."""
+    started = asyncio.Event()
+    release = asyncio.Event()
+    sent: list[str] = []
+
+    async def sender(item: OutboxItem) -> None:
+        if item.idempotency_key == "k1":
+            started.set()
+            await release.wait()  # cut off here by the stop
+        sent.append(item.idempotency_key)
+
+    for i in range(4):
+        put(outbox, f"k{i}", entity=f"e{i}")
+    worker = AsyncOutboxWorker(outbox, sender, batch=4)
+    worker.start()
+    await asyncio.wait_for(started.wait(), 10)
+    await worker.stop()
+    assert sent == ["k0"]
+    # k0 acknowledged; k1 was cut off midway (still leased); k2 and k3 given back.
+    claimable = outbox.claim_many("other", lease_seconds=30, limit=10)
+    assert sorted(i.idempotency_key for i in claimable) == ["k2", "k3"]
+    assert all(i.attempts == 1 for i in claimable)
+    assert outbox.depth() == 3
+
+
+async def test_async_worker_validates_its_arguments(outbox: Outbox) -> None:
+    """Bad concurrency or batch sizes are refused by name."""
+
+    async def sender(item: OutboxItem) -> None:
+        return None
+
+    with pytest.raises(ValueError, match="concurrency"):
+        AsyncOutboxWorker(outbox, sender, concurrency=0)
+    with pytest.raises(ValueError, match="batch"):
+        AsyncOutboxWorker(outbox, sender, batch=0)
 
 
 def test_ack_and_claim_acks_then_returns_the_entitys_next_item(outbox: Outbox) -> None:

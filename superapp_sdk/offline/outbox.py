@@ -1526,8 +1526,14 @@ class OutboxWorker:
 class AsyncOutboxWorker:
     """Replays the outbox in an asyncio task, with an async ``sender``.
 
-    Behaves like :class:`OutboxWorker`; store operations run in a thread
-    (``asyncio.to_thread``) so an fsync never blocks the event loop.
+    Behaves like :class:`OutboxWorker`: it leases up to ``batch`` items (heads of distinct
+    entities) in one transaction, sends them (up to ``concurrency`` at once, as tasks of
+    the loop: items of one entity are never in one batch, so each entity still gets one
+    send at a time, in order), then acknowledges the sent ones and leases the next batch
+    in one more. Store operations run in a thread (``asyncio.to_thread``) so an fsync
+    never blocks the event loop. When the task is cancelled (:meth:`stop`), the items
+    already sent are acknowledged and the ones not yet started are given back; a send cut
+    off midway keeps its lease until it expires, as its outcome is unknown.
     """
 
     def __init__(
@@ -1539,17 +1545,25 @@ class AsyncOutboxWorker:
         poll_floor: float = 1.0,
         lease_seconds: float = 60.0,
         worker_id: str | None = None,
+        concurrency: int = 1,
+        batch: int = 32,
     ) -> None:
         if not poll_floor > 0:
             raise ValueError(f"poll_floor must be > 0 seconds, got {poll_floor!r}")
         if not lease_seconds > 0:
             raise ValueError(f"lease_seconds must be > 0 seconds, got {lease_seconds!r}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency!r}")
+        if not 1 <= batch <= 1000:
+            raise ValueError(f"batch must be in 1..1000, got {batch!r}")
         self.outbox = outbox
         self._sender = sender
         self.clock: Clock = clock if clock is not None else outbox.clock
         self.poll_floor = poll_floor
         self.lease_seconds = lease_seconds
         self.worker_id = worker_id or f"pid{os.getpid()}-a{id(self):x}"
+        self.concurrency = concurrency
+        self.batch = batch
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
@@ -1564,53 +1578,133 @@ class AsyncOutboxWorker:
         )
         if item is None:
             return False
-        await self._deliver(item, claim_next=False)
+        assert item.lease_token is not None
+        if await self._send(item) and not await asyncio.to_thread(
+            self.outbox.ack, item.id, item.lease_token
+        ):
+            logger.warning("lease of outbox item %s was lost before ack", item.id)
         return True
 
-    async def _deliver(self, item: OutboxItem, *, claim_next: bool) -> OutboxItem | None:
-        """Send ``item`` and settle it; with ``claim_next``, ack and claim in one commit."""
+    async def _send(self, item: OutboxItem) -> bool:
+        """Call the sender; on an exception record the failure. True when it was sent."""
         assert item.lease_token is not None
-        following: OutboxItem | None = None
         try:
             await self._sender(item)
         # As in OutboxWorker: a sender exception is a failed delivery, not a worker crash.
         except Exception as exc:  # noqa: BLE001
-            ok = await asyncio.to_thread(
+            if not await asyncio.to_thread(
                 self.outbox.fail,
                 item.id,
                 item.lease_token,
                 _describe(exc),
                 retryable=bool(getattr(exc, "retryable", True)),
                 retry_after=_retry_after(exc),
-            )
-        else:
-            if claim_next:
-                ok, following = await asyncio.to_thread(
-                    self.outbox.ack_and_claim,
-                    item.id,
-                    item.lease_token,
-                    self.worker_id,
-                    lease_seconds=self.lease_seconds,
-                )
+            ):
+                logger.warning("lease of outbox item %s was lost before fail", item.id)
+            return False
+        return True
+
+    async def _deliver_batch(self, items: builtins.list[OutboxItem]) -> builtins.list[OutboxItem]:
+        """Send ``items``, then acknowledge the sent ones, give back the unsent ones and
+        lease the next batch in one transaction."""
+        sent: builtins.list[tuple[str, str]] = []
+        started: set[str] = set()
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(item: OutboxItem) -> None:
+            assert item.lease_token is not None
+            assert item.lease_until is not None
+            async with gate:
+                if item.lease_until - self.clock.time() < self.lease_seconds / 2:
+                    return  # given back below, rather than sent late
+                started.add(item.id)
+                if await self._send(item):
+                    sent.append((item.id, item.lease_token))
+
+        def unsent() -> builtins.list[tuple[str, str]]:
+            return [(i.id, i.lease_token or "") for i in items if i.id not in started]
+
+        try:
+            if self.concurrency == 1:
+                for item in items:
+                    await one(item)
             else:
-                ok = await asyncio.to_thread(self.outbox.ack, item.id, item.lease_token)
-        if not ok:
-            logger.warning("lease of outbox item %s was lost", item.id)
+                outcomes = await asyncio.gather(
+                    *(one(item) for item in items), return_exceptions=True
+                )
+                for outcome in outcomes:
+                    if isinstance(outcome, BaseException):
+                        raise outcome  # a StoreError while recording a failure
+        except asyncio.CancelledError:
+            # Settle what is known before stopping: sent items acknowledged, items never
+            # started given back.
+            await self._settle(sent, unsent())
+            raise
+        settle = asyncio.ensure_future(
+            asyncio.to_thread(
+                self.outbox.ack_and_claim_many,
+                sent,
+                self.worker_id,
+                lease_seconds=self.lease_seconds,
+                limit=self.batch,
+                release=unsent(),
+            )
+        )
+        try:
+            # Shielded: the commit runs in a thread either way, and its result (the next
+            # batch, leased to this worker) must be given back if the task is stopping.
+            acked, following = await asyncio.shield(settle)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                _, leased = await settle
+                await self._settle([], [(i.id, i.lease_token or "") for i in leased])
+            raise
+        for (item_id, _), ok in zip(sent, acked, strict=True):
+            if not ok:
+                logger.warning("lease of outbox item %s was lost before ack", item_id)
         return following
 
+    async def _settle(
+        self, sent: builtins.list[tuple[str, str]], unsent: builtins.list[tuple[str, str]]
+    ) -> None:
+        """Acknowledge ``sent`` and give back ``unsent`` while the task is being cancelled:
+        shielded, so the cancellation cannot cut the commit short; errors only logged."""
+        if not sent and not unsent:
+            return
+        settle = asyncio.ensure_future(
+            asyncio.to_thread(
+                self.outbox.ack_and_claim_many,
+                list(sent),
+                self.worker_id,
+                lease_seconds=self.lease_seconds,
+                limit=0,
+                release=unsent,
+            )
+        )
+        try:
+            await asyncio.shield(settle)
+        except asyncio.CancelledError:
+            # Cancelled again while waiting: the thread still finishes the commit.
+            pass
+        except StoreError as exc:
+            logger.error("outbox worker: settling on stop: %s", exc)
+
     async def _run(self) -> None:
-        held: OutboxItem | None = None
+        held: builtins.list[OutboxItem] = []
         while True:
             self._wake.clear()
             try:
-                if held is None:
+                if not held:
                     held = await asyncio.to_thread(
-                        self.outbox.claim, self.worker_id, lease_seconds=self.lease_seconds
+                        self.outbox.claim_many,
+                        self.worker_id,
+                        lease_seconds=self.lease_seconds,
+                        limit=self.batch,
                     )
-                handled, wait = held is not None, 0.0
-                if held is not None:
-                    item, held = held, None
-                    held = await self._deliver(item, claim_next=True)
+                handled, wait = bool(held), 0.0
+                if held:
+                    items, held = held, []
+                    held = await self._deliver_batch(items)
                 else:
                     ready = await asyncio.to_thread(self.outbox.next_ready_at)
                     wait = (
@@ -1618,10 +1712,14 @@ class AsyncOutboxWorker:
                         if ready is None
                         else min(self.poll_floor, max(0.001, ready - self.clock.time()))
                     )
+            except asyncio.CancelledError:
+                # Leased to this worker and never started: give them back.
+                await self._settle([], [(i.id, i.lease_token or "") for i in held])
+                raise
             except StoreError as exc:
                 logger.error("outbox worker: %s", exc)
                 self.last_store_error = exc
-                held, handled, wait = None, False, self.poll_floor
+                held, handled, wait = [], False, self.poll_floor
             if not handled:
                 self._progress.set()
                 with contextlib.suppress(TimeoutError):
