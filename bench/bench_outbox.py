@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import diskcache
 import httpx
 
 from bench._common import table
@@ -86,24 +87,49 @@ def _fsync_block(fd: int) -> float:
     return time.perf_counter() - began
 
 
+def _deque_block(deque: diskcache.Deque, start: int) -> float:
+    """Seconds to ``append`` ``_BLOCK`` payloads to a diskcache ``Deque``."""
+    began = time.perf_counter()
+    for n in range(start, start + _BLOCK):
+        deque.append(_payload(n))
+    return time.perf_counter() - began
+
+
 def _enqueue(root: Path, count: int) -> dict[str, float]:
-    """FULL and NORMAL enqueue rates, FULL interleaved block by block with raw fsyncs."""
+    """FULL and NORMAL enqueue rates, interleaved block by block with raw fsyncs and with
+    ``diskcache.Deque.append`` on the same settings (a queue with no keys, no dedup, no
+    per-entity order: the floor of what diskcache costs)."""
     rng = random.Random(1)
     fd = os.open(root / "fsync-probe", os.O_CREAT | os.O_WRONLY, 0o600)
     fsync_s: list[float] = []
     full_s: list[float] = []
     normal_s: list[float] = []
+    deque_full_s: list[float] = []
+    deque_normal_s: list[float] = []
+    deque_full_cache = diskcache.Cache(
+        str(root / "deque-full"), eviction_policy="none", sqlite_synchronous=2
+    )
+    deque_normal_cache = diskcache.Cache(
+        str(root / "deque-normal"), eviction_policy="none", sqlite_synchronous=1
+    )
     try:
+        deque_full = diskcache.Deque.fromcache(deque_full_cache)
+        deque_normal = diskcache.Deque.fromcache(deque_normal_cache)
         with (
             Outbox(root / "full", durable=True) as full,
             Outbox(root / "normal", durable=False) as normal,
         ):
             for block in range(count // _BLOCK):
+                start = block * _BLOCK
                 fsync_s.append(_fsync_block(fd))
-                full_s.append(_enqueue_block(full, block * _BLOCK, rng))
-                normal_s.append(_enqueue_block(normal, block * _BLOCK, rng))
+                full_s.append(_enqueue_block(full, start, rng))
+                deque_full_s.append(_deque_block(deque_full, start))
+                normal_s.append(_enqueue_block(normal, start, rng))
+                deque_normal_s.append(_deque_block(deque_normal, start))
     finally:
         os.close(fd)
+        deque_full_cache.close()
+        deque_normal_cache.close()
     ratios = [f / e for f, e in zip(fsync_s, full_s, strict=True)]
     total = len(full_s) * _BLOCK
     return {
@@ -112,6 +138,8 @@ def _enqueue(root: Path, count: int) -> dict[str, float]:
         "full_vs_fsync": sum(fsync_s) / sum(full_s),
         "full_vs_fsync_median_block": statistics.median(ratios),
         "normal_per_s": total / sum(normal_s),
+        "deque_full_per_s": total / sum(deque_full_s),
+        "deque_normal_per_s": total / sum(deque_normal_s),
     }
 
 
@@ -453,12 +481,24 @@ def run(quick: bool) -> dict[str, Any]:
             full >= 4000,
         ),
         (
+            "  diskcache Deque.append, FULL (no keys)",
+            f"{enq['deque_full_per_s']:.0f} items/s",
+            "",
+            "",
+        ),
+        (
             f"enqueue, FULL, {group['callers']:.0f} callers at once",
             f"{group['full_per_s']:.0f} items/s = {group['full_vs_fsync']:.0%} of fsync",
             ">= 4000/s",
             group["full_per_s"] >= 4000,
         ),
         ("enqueue, default (NORMAL)", f"{normal:.0f} items/s", ">= 7000/s", normal >= 7000),
+        (
+            "  diskcache Deque.append, NORMAL (no keys)",
+            f"{enq['deque_normal_per_s']:.0f} items/s",
+            "",
+            "",
+        ),
     ]
     rows += [
         (
