@@ -14,6 +14,7 @@ Environment (all optional):
 - ``CRASH_SEND_DELAY``: seconds to wait between the provider's execution and the ack, so
   that a kill from outside lands there more often.
 - ``CRASH_CONCURRENCY``: sender threads of the worker (default 1).
+- ``CRASH_ENQUEUERS``: threads enqueueing at once, sharing commits (default 1).
 """
 
 from __future__ import annotations
@@ -138,13 +139,28 @@ def main() -> int:
     # Re-submit the previous cycle's last keys: the outbox must deduplicate them.
     plan = [(cycle - 1, i) for i in range(max(0, items - 3), items) if cycle > 0]
     plan += [(cycle, i) for i in range(items)]
-    for c, i in plan:
-        key, entity, payload = item_for(c, i)
-        item = outbox.enqueue(
-            entity=entity, operation="chat.send", payload=payload, idempotency_key=key
-        )
-        kill.hit("enqueue_after_commit")
-        print(f"QUEUED {item.id} {key}", flush=True)
+    printing = threading.Lock()
+
+    def enqueue(part: list[tuple[int, int]]) -> None:
+        for c, i in part:
+            key, entity, payload = item_for(c, i)
+            item = outbox.enqueue(
+                entity=entity, operation="chat.send", payload=payload, idempotency_key=key
+            )
+            kill.hit("enqueue_after_commit")
+            with printing:
+                print(f"QUEUED {item.id} {key}", flush=True)
+
+    # Several enqueuing threads share commits (group commit); a kill inside one commit
+    # must lose only items whose callers were never told QUEUED.
+    enqueuers = int(os.environ.get("CRASH_ENQUEUERS", "1"))
+    threads = [
+        threading.Thread(target=enqueue, args=(plan[n::enqueuers],)) for n in range(enqueuers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     drained = worker.drain(timeout=60)
     worker.stop()
     outbox.close()

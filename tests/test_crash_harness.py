@@ -70,6 +70,7 @@ def test_kill_minus_nine_loses_nothing_and_executes_each_key_once(tmp_path: Path
     for cycle in range(CYCLES):
         env = {
             "CRASH_CONCURRENCY": str(rng.choice((1, 1, 2))),
+            "CRASH_ENQUEUERS": str(rng.choice((1, 1, 4))),
             "CRASH_SEND_DELAY": str(rng.choice((0.0, 0.002, 0.01))),
         }
         if rng.random() < 0.5:
