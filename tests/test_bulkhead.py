@@ -10,11 +10,68 @@ from typing import Any
 
 import pytest
 
-from superapp_sdk._errors import BulkheadFull
-from superapp_sdk.resilience import Bulkhead, CallContext, CallRejected, Event, Pipeline
+from superapp_sdk._errors import BulkheadFull, OperationTimeout
+from superapp_sdk.resilience import (
+    Bulkhead,
+    CallContext,
+    CallRejected,
+    Deadline,
+    Event,
+    Pipeline,
+)
 from superapp_sdk.testing import FakeClock
 
 WAIT = 5.0  # bound on every blocking wait in these tests
+
+
+def test_waiting_call_gives_up_at_its_deadline() -> None:
+    """A call whose deadline comes before max_wait stops waiting at the deadline, with
+    OperationTimeout (the slot holder is still inside when it gives up)."""
+    bulkhead = Bulkhead(1, max_wait=WAIT)
+    events: list[Event] = []
+    p = Pipeline(Deadline(0.05), bulkhead, listeners=[events.append])
+    inside, release = _Inside(), threading.Event()
+    holder = _start(lambda: p.call(_holding(inside, release)))
+    try:
+        assert inside.wait_entered(1)
+        with pytest.raises(OperationTimeout, match="bulkhead"):
+            p.call(lambda ctx: "never")
+        assert inside.now == 1, "it waited for the slot instead of for its deadline"
+    finally:
+        release.set()
+        holder.join(WAIT)
+    assert bulkhead.in_flight == 0
+    assert [e.reason for e in events if isinstance(e, CallRejected)] == [
+        "deadline passed in bulkhead"
+    ]
+
+
+async def test_waiting_task_gives_up_at_its_deadline() -> None:
+    """The async path too stops waiting for a slot when the call's deadline passes (the
+    deadline's own cancellation or the bulkhead's budget, whichever fires first)."""
+    bulkhead = Bulkhead(1, max_wait=WAIT)
+    p = Pipeline(Deadline(0.05), bulkhead)
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def hold(ctx: CallContext) -> str:
+        entered.set()
+        await release.wait()
+        return "done"
+
+    # The holder runs without the deadline, so only the waiter's deadline is at play.
+    holder = asyncio.create_task(Pipeline(bulkhead).acall(hold))
+    await entered.wait()
+
+    async def never(ctx: CallContext) -> str:
+        return "never"
+
+    with pytest.raises(OperationTimeout):
+        await p.acall(never)
+    assert not holder.done()
+    release.set()
+    assert await holder == "done"
+    assert bulkhead.in_flight == 0
 
 
 class _Inside:

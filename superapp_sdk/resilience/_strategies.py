@@ -151,7 +151,10 @@ class Bulkhead(_Bound):
     """At most ``max_concurrent`` calls in flight; others wait up to ``max_wait`` seconds,
     then get :class:`BulkheadFull`.
 
-    One counter serves sync and async callers. A cancelled call always gives its slot back.
+    A call with a deadline (:class:`Deadline` outside the bulkhead) never waits past it:
+    when the deadline comes first, the call gets
+    :class:`~superapp_sdk.OperationTimeout` instead. One counter serves sync and async
+    callers. A cancelled call always gives its slot back.
     """
 
     __slots__ = ("_cond", "_in_flight", "host", "max_concurrent", "max_wait")
@@ -192,15 +195,37 @@ class Bulkhead(_Bound):
             operation=ctx.operation or None,
         )
 
+    def _budget(self, ctx: CallContext) -> tuple[float, bool]:
+        """Seconds a call may wait for a slot, and whether its deadline (rather than
+        ``max_wait``) is what bounds the wait."""
+        if ctx.deadline is None:
+            return self.max_wait, False
+        left = ctx.deadline - _timer(self.host, None).monotonic()
+        if left < self.max_wait:
+            return max(0.0, left), True
+        return self.max_wait, False
+
+    def _gave_up(self, ctx: CallContext, by_deadline: bool) -> Exception:
+        if not by_deadline:
+            return self._full(ctx)
+        self._emit(CallRejected(self._name, ctx.operation, "deadline passed in bulkhead", None))
+        return OperationTimeout(
+            f"the deadline passed while waiting for one of {self.max_concurrent} bulkhead slots",
+            provider=self._name or None,
+            operation=ctx.operation or None,
+        )
+
     def run(self, ctx: CallContext, nxt: SyncNext) -> Any:
-        """Take a slot (waiting up to ``max_wait``), run the rest, give the slot back."""
+        """Take a slot (waiting up to ``max_wait`` or the deadline), run the rest, give
+        the slot back."""
         if not self._try():
+            wait, by_deadline = self._budget(ctx)
             with self._cond:
                 ok = self._cond.wait_for(
-                    lambda: self._in_flight < self.max_concurrent, timeout=self.max_wait
+                    lambda: self._in_flight < self.max_concurrent, timeout=wait
                 )
                 if not ok:
-                    raise self._full(ctx)
+                    raise self._gave_up(ctx, by_deadline)
                 self._in_flight += 1
         try:
             return nxt(ctx)
@@ -208,14 +233,16 @@ class Bulkhead(_Bound):
             self._release()
 
     async def arun(self, ctx: CallContext, nxt: AsyncNext) -> Any:
-        """Take a slot (polling up to ``max_wait``), await the rest, give the slot back."""
+        """Take a slot (polling up to ``max_wait`` or the deadline), await the rest, give
+        the slot back."""
         if not self._try():
             loop = asyncio.get_running_loop()
-            until = loop.time() + self.max_wait
+            wait, by_deadline = self._budget(ctx)
+            until = loop.time() + wait
             while True:
                 left = until - loop.time()
                 if left <= 0:
-                    raise self._full(ctx)
+                    raise self._gave_up(ctx, by_deadline)
                 await asyncio.sleep(min(0.005, left))
                 if self._try():
                     break
