@@ -65,10 +65,10 @@ def _key(rng: random.Random) -> str:
     return f"{rng.getrandbits(128):032x}"
 
 
-def _enqueue_block(outbox: Outbox, start: int, rng: random.Random) -> float:
-    """Seconds to enqueue ``_BLOCK`` items, one transaction each."""
+def _enqueue_range(outbox: Outbox, start: int, stop: int, rng: random.Random) -> float:
+    """Seconds to enqueue items ``start`` to ``stop``, one transaction each."""
     began = time.perf_counter()
-    for n in range(start, start + _BLOCK):
+    for n in range(start, stop):
         outbox.enqueue(
             entity=f"chat:{n % 1000}",
             operation="chat.send",
@@ -76,6 +76,11 @@ def _enqueue_block(outbox: Outbox, start: int, rng: random.Random) -> float:
             idempotency_key=_key(rng),
         )
     return time.perf_counter() - began
+
+
+def _enqueue_block(outbox: Outbox, start: int, rng: random.Random) -> float:
+    """Seconds to enqueue ``_BLOCK`` items, one transaction each."""
+    return _enqueue_range(outbox, start, start + _BLOCK, rng)
 
 
 def _fsync_block(fd: int) -> float:
@@ -148,14 +153,7 @@ def _concurrent_block(outbox: Outbox, start: int, callers: int) -> float:
     per = _BLOCK // callers
 
     def work(first: int) -> None:
-        rng = random.Random(first)
-        for n in range(first, first + per):
-            outbox.enqueue(
-                entity=f"chat:{n % 1000}",
-                operation="chat.send",
-                payload=_payload(n),
-                idempotency_key=_key(rng),
-            )
+        _enqueue_range(outbox, first, first + per, random.Random(first))
 
     threads = [threading.Thread(target=work, args=(start + i * per,)) for i in range(callers)]
     began = time.perf_counter()
@@ -356,18 +354,6 @@ def _drain(root: Path, count: int, concurrency: int, rounds: int, batch: int) ->
         "drain": statistics.median(drains),
         "ratio": statistics.median(ratios),
     } | {f"ratio_round_{n}": r for n, r in enumerate(ratios)}
-
-
-def _enqueue_range(outbox: Outbox, start: int, stop: int, rng: random.Random) -> float:
-    began = time.perf_counter()
-    for n in range(start, stop):
-        outbox.enqueue(
-            entity=f"chat:{n % 1000}",
-            operation="chat.send",
-            payload=_payload(n),
-            idempotency_key=_key(rng),
-        )
-    return time.perf_counter() - began
 
 
 def _long_run_child(count: int, root: Path) -> None:

@@ -740,10 +740,12 @@ def _schema_1_file(path: Path, clock: FakeClock) -> dict[str, OutboxItem]:
     return items
 
 
-def test_schema_1_file_opens_and_keeps_its_items(tmp_path: Path, clock: FakeClock) -> None:
-    """A state file of the previous layout keeps its pending, dead and delivered items."""
-    state = tmp_path / "state"
-    items = _schema_1_file(state / "outbox.sqlite3", clock)
+def _check_migrated(
+    state: Path, clock: FakeClock, items: dict[str, OutboxItem], *, next_ticket: str
+) -> None:
+    """An older state file holding a delivered k1, a pending k2 and a dead k3 (tickets 1,
+    2, 3) reads back the same under the current layout, and the next enqueue gets
+    ``next_ticket``."""
     with Outbox(state, clock=clock, default_policy=POLICY) as ob:
         assert [i.id for i in ob.list()] == ["ob-000000000002"]
         assert [i.payload for i in ob.list()] == [items["k2"].payload]
@@ -752,16 +754,25 @@ def test_schema_1_file_opens_and_keeps_its_items(tmp_path: Path, clock: FakeCloc
         assert (again.id, again.state) == ("ob-000000000001", ItemState.DELIVERED)
         with pytest.raises(IdempotencyConflict):
             put(ob, "k1", entity="chat:k1", text="changed")
+        with pytest.raises(IdempotencyConflict):
+            put(ob, "k2", entity="chat:k2", text="changed")
         assert must_claim(ob).id == "ob-000000000002"
-        assert put(ob, "k4").id == "ob-000000000004"
+        assert put(ob, "new").id == next_ticket
     con = sqlite3.connect(state / "outbox.sqlite3")
     try:
         assert con.execute("PRAGMA user_version").fetchone() == (3,)
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_schema")}
     finally:
         con.close()
-    assert "delivered" not in tables
-    assert "items_v2" not in tables
+    assert not {"delivered", "items_v2"} & tables
+
+
+def test_schema_1_file_opens_and_keeps_its_items(tmp_path: Path, clock: FakeClock) -> None:
+    """A state file of the previous layout keeps its pending, dead and delivered items."""
+    state = tmp_path / "state"
+    items = _schema_1_file(state / "outbox.sqlite3", clock)
+    _check_migrated(state, clock, items, next_ticket="ob-000000000004")
 
 
 _SCHEMA_2 = """
@@ -824,24 +835,8 @@ def test_schema_2_file_opens_keeps_its_items_and_never_reuses_a_ticket(
         con.commit()
     finally:
         con.close()
-    with Outbox(state, clock=clock, default_policy=POLICY) as ob:
-        assert [i.id for i in ob.list()] == ["ob-000000000002"]
-        assert [i.payload for i in ob.list()] == [items["k2"].payload]
-        assert [i.id for i in ob.dead_letters()] == ["ob-000000000003"]
-        again = put(ob, "k1", entity="chat:k1")
-        assert (again.id, again.state) == ("ob-000000000001", ItemState.DELIVERED)
-        with pytest.raises(IdempotencyConflict):
-            put(ob, "k2", entity="chat:k2", text="changed")
-        assert must_claim(ob).id == "ob-000000000002"
-        assert put(ob, "k5").id == "ob-000000000005"
-    con = sqlite3.connect(state / "outbox.sqlite3")
-    try:
-        assert con.execute("PRAGMA user_version").fetchone() == (3,)
-        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_schema")}
-        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    finally:
-        con.close()
-    assert "items_v2" not in tables
+    # Ticket 4 was handed out before (then dropped): the next one is 5.
+    _check_migrated(state, clock, items, next_ticket="ob-000000000005")
 
 
 def test_a_dropped_newest_ticket_is_never_handed_out_again(outbox: Outbox) -> None:
@@ -1004,7 +999,7 @@ class _CountingFile:
         self._inner = ob._db.transaction
         ob._db.transaction = self._transaction  # type: ignore[method-assign]
 
-    def _transaction(self, action: str):  # type: ignore[no-untyped-def]
+    def _transaction(self, action: str) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         self.gate.wait(10)
         if self.fail_with is not None:
             raise self.fail_with
@@ -1012,7 +1007,9 @@ class _CountingFile:
         return self._inner(action)
 
 
-def _enqueue_in_threads(ob: Outbox, keys: list[str], *, payloads: list[str] | None = None):  # type: ignore[no-untyped-def]
+def _enqueue_in_threads(
+    ob: Outbox, keys: list[str], *, payloads: list[str] | None = None
+) -> tuple[list[threading.Thread], dict[str, OutboxItem | BaseException]]:
     results: dict[str, OutboxItem | BaseException] = {}
 
     def one(i: int, key: str) -> None:
@@ -1045,6 +1042,21 @@ def _wait_queued(ob: Outbox, n: int) -> None:
                 return
         threading.Event().wait(0.005)
     raise AssertionError(f"{n} enqueues never queued up")
+
+
+def _enqueue_as_one_group(
+    ob: Outbox, keys: list[str], *, payloads: list[str] | None = None
+) -> dict[str, OutboxItem | BaseException]:
+    """Enqueue ``keys`` from one thread each, all held back until every one is queued, so
+    that a single group commit writes them; returns each caller's item or error."""
+    with _commit_in_progress(ob):
+        threads, results = _enqueue_in_threads(ob, keys, payloads=payloads)
+        for t in threads:
+            t.start()
+        _wait_queued(ob, len(keys))
+    for t in threads:
+        t.join(10)
+    return results
 
 
 def test_concurrent_enqueues_share_one_commit(tmp_path: Path, clock: FakeClock) -> None:
@@ -1083,54 +1095,43 @@ def test_concurrent_enqueues_share_one_commit(tmp_path: Path, clock: FakeClock) 
         again.close()
 
 
-def test_one_conflict_in_a_group_does_not_fail_the_others(tmp_path: Path, clock: FakeClock) -> None:
+@pytest.fixture
+def counted(tmp_path: Path, clock: FakeClock) -> Iterator[tuple[Outbox, _CountingFile]]:
+    ob = Outbox(tmp_path / "state", clock=clock)
+    yield ob, _CountingFile(ob)
+    ob.close()
+
+
+def test_one_conflict_in_a_group_does_not_fail_the_others(
+    counted: tuple[Outbox, _CountingFile],
+) -> None:
     """In one group commit, a reused key with another payload is refused; the rest commit."""
-    ob = Outbox(tmp_path / "state", clock=clock)
-    counting = _CountingFile(ob)
-    try:
-        counting.gate.clear()
-        with _commit_in_progress(ob):
-            threads, results = _enqueue_in_threads(
-                ob,
-                ["a", "dup", "dup", "b", "same", "same"],
-                payloads=["a", "one", "two", "b", "x", "x"],
-            )
-            for t in threads:
-                t.start()
-            _wait_queued(ob, 6)
-            counting.gate.set()
-        for t in threads:
-            t.join(10)
-        assert counting.commits == 1
-        conflicts = [r for r in results.values() if isinstance(r, IdempotencyConflict)]
-        assert len(conflicts) == 1
-        assert "dup" in str(conflicts[0])
-        same = [r for k, r in results.items() if k.endswith(":same")]
-        assert all(isinstance(r, OutboxItem) for r in same)
-        assert len({r.id for r in same if isinstance(r, OutboxItem)}) == 1
-        assert ob.depth() == 4
-    finally:
-        ob.close()
+    ob, counting = counted
+    results = _enqueue_as_one_group(
+        ob,
+        ["a", "dup", "dup", "b", "same", "same"],
+        payloads=["a", "one", "two", "b", "x", "x"],
+    )
+    assert counting.commits == 1
+    conflicts = [r for r in results.values() if isinstance(r, IdempotencyConflict)]
+    assert len(conflicts) == 1
+    assert "dup" in str(conflicts[0])
+    same = [r for k, r in results.items() if k.endswith(":same")]
+    assert all(isinstance(r, OutboxItem) for r in same)
+    assert len({r.id for r in same if isinstance(r, OutboxItem)}) == 1
+    assert ob.depth() == 4
 
 
-def test_a_failed_group_commit_fails_every_caller_in_it(tmp_path: Path, clock: FakeClock) -> None:
+def test_a_failed_group_commit_fails_every_caller_in_it(
+    counted: tuple[Outbox, _CountingFile],
+) -> None:
     """When the shared commit fails, each caller gets its own StoreError and nothing is queued."""
-    ob = Outbox(tmp_path / "state", clock=clock)
-    counting = _CountingFile(ob)
-    try:
-        counting.fail_with = StoreError("enqueueing failed: disk full (x)", path="x")
-        with _commit_in_progress(ob):
-            threads, results = _enqueue_in_threads(ob, [f"k{i}" for i in range(4)])
-            for t in threads:
-                t.start()
-            _wait_queued(ob, 4)
-        for t in threads:
-            t.join(10)
-        errors = list(results.values())
-        assert all(isinstance(e, StoreError) and "disk full" in str(e) for e in errors)
-        assert len({id(e) for e in errors}) == 4
-        counting.fail_with = None
-        assert ob.depth() == 0
-        assert ob._group == []
-    finally:
-        ob.close()
+    ob, counting = counted
+    counting.fail_with = StoreError("enqueueing failed: disk full (x)", path="x")
+    results = _enqueue_as_one_group(ob, [f"k{i}" for i in range(4)])
+    errors = list(results.values())
+    assert all(isinstance(e, StoreError) and "disk full" in str(e) for e in errors)
+    assert len({id(e) for e in errors}) == 4
+    counting.fail_with = None
+    assert ob.depth() == 0
+    assert ob._group == []
