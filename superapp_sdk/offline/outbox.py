@@ -1295,7 +1295,44 @@ def _retry_after(exc: BaseException) -> float | None:
     return float(value) if isinstance(value, int | float) and value >= 0 else None
 
 
-class OutboxWorker:
+class _WorkerOptions:
+    """What the thread and the asyncio replay workers are configured with (validated)."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        clock: Clock | None,
+        poll_floor: float,
+        lease_seconds: float,
+        worker_id: str,
+        concurrency: int,
+        batch: int,
+    ) -> None:
+        if not poll_floor > 0:
+            raise ValueError(f"poll_floor must be > 0 seconds, got {poll_floor!r}")
+        if not lease_seconds > 0:
+            raise ValueError(f"lease_seconds must be > 0 seconds, got {lease_seconds!r}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency!r}")
+        if not 1 <= batch <= 1000:
+            raise ValueError(f"batch must be in 1..1000, got {batch!r}")
+        self.outbox = outbox
+        self.clock: Clock = clock if clock is not None else outbox.clock
+        self.poll_floor = poll_floor
+        self.lease_seconds = lease_seconds
+        self.worker_id = worker_id
+        self.concurrency = concurrency
+        self.batch = batch
+
+    def _wait_until(self, ready: float | None) -> float:
+        """How long an idle worker sleeps: until the next item is ready, at most
+        ``poll_floor``."""
+        if ready is None:
+            return self.poll_floor
+        return min(self.poll_floor, max(0.001, ready - self.clock.time()))
+
+
+class OutboxWorker(_WorkerOptions):
     """Replays the outbox in background threads.
 
     Each thread leases up to ``batch`` items (heads of distinct entities) in one
@@ -1352,22 +1389,16 @@ class OutboxWorker:
         concurrency: int = 1,
         batch: int = 32,
     ) -> None:
-        if not poll_floor > 0:
-            raise ValueError(f"poll_floor must be > 0 seconds, got {poll_floor!r}")
-        if not lease_seconds > 0:
-            raise ValueError(f"lease_seconds must be > 0 seconds, got {lease_seconds!r}")
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency!r}")
-        if not 1 <= batch <= 1000:
-            raise ValueError(f"batch must be in 1..1000, got {batch!r}")
-        self.outbox = outbox
+        super().__init__(
+            outbox,
+            clock,
+            poll_floor,
+            lease_seconds,
+            worker_id or f"pid{os.getpid()}-w{id(self):x}",
+            concurrency,
+            batch,
+        )
         self._sender = sender
-        self.clock: Clock = clock if clock is not None else outbox.clock
-        self.poll_floor = poll_floor
-        self.lease_seconds = lease_seconds
-        self.worker_id = worker_id or f"pid{os.getpid()}-w{id(self):x}"
-        self.concurrency = concurrency
-        self.batch = batch
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._progress = threading.Condition()
@@ -1435,10 +1466,7 @@ class OutboxWorker:
         return following
 
     def _idle_wait(self) -> float:
-        ready = self.outbox.next_ready_at()
-        if ready is None:
-            return self.poll_floor
-        return min(self.poll_floor, max(0.001, ready - self.clock.time()))
+        return self._wait_until(self.outbox.next_ready_at())
 
     def _notify(self) -> None:
         with self._progress:
@@ -1523,7 +1551,7 @@ class OutboxWorker:
         return f"OutboxWorker({self.outbox!r}, worker_id={self.worker_id!r})"
 
 
-class AsyncOutboxWorker:
+class AsyncOutboxWorker(_WorkerOptions):
     """Replays the outbox in an asyncio task, with an async ``sender``.
 
     Behaves like :class:`OutboxWorker`: it leases up to ``batch`` items (heads of distinct
@@ -1548,22 +1576,16 @@ class AsyncOutboxWorker:
         concurrency: int = 1,
         batch: int = 32,
     ) -> None:
-        if not poll_floor > 0:
-            raise ValueError(f"poll_floor must be > 0 seconds, got {poll_floor!r}")
-        if not lease_seconds > 0:
-            raise ValueError(f"lease_seconds must be > 0 seconds, got {lease_seconds!r}")
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency!r}")
-        if not 1 <= batch <= 1000:
-            raise ValueError(f"batch must be in 1..1000, got {batch!r}")
-        self.outbox = outbox
+        super().__init__(
+            outbox,
+            clock,
+            poll_floor,
+            lease_seconds,
+            worker_id or f"pid{os.getpid()}-a{id(self):x}",
+            concurrency,
+            batch,
+        )
         self._sender = sender
-        self.clock: Clock = clock if clock is not None else outbox.clock
-        self.poll_floor = poll_floor
-        self.lease_seconds = lease_seconds
-        self.worker_id = worker_id or f"pid{os.getpid()}-a{id(self):x}"
-        self.concurrency = concurrency
-        self.batch = batch
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
@@ -1706,12 +1728,7 @@ class AsyncOutboxWorker:
                     items, held = held, []
                     held = await self._deliver_batch(items)
                 else:
-                    ready = await asyncio.to_thread(self.outbox.next_ready_at)
-                    wait = (
-                        self.poll_floor
-                        if ready is None
-                        else min(self.poll_floor, max(0.001, ready - self.clock.time()))
-                    )
+                    wait = self._wait_until(await asyncio.to_thread(self.outbox.next_ready_at))
             except asyncio.CancelledError:
                 # Leased to this worker and never started: give them back.
                 await self._settle([], [(i.id, i.lease_token or "") for i in held])
