@@ -1135,3 +1135,55 @@ def test_a_failed_group_commit_fails_every_caller_in_it(
     counting.fail_with = None
     assert ob.depth() == 0
     assert ob._group == []
+
+
+def _skip_tickets(ob: Outbox, count: int) -> None:
+    """Make the next ticket ``count`` later, as if that many items had come and gone."""
+    with ob._db.transaction("test") as con:
+        (top,) = con.execute("SELECT max(seq) FROM items").fetchone()
+        con.execute(
+            "INSERT OR REPLACE INTO meta (name, value) VALUES ('last_seq', ?)",
+            ((top or 0) + count,),
+        )
+
+
+def test_an_entitys_next_item_is_found_many_ticket_blocks_later(outbox: Outbox) -> None:
+    """The per-entity index is grouped in blocks of 4,096 tickets: an entity's next item
+    several blocks after its head is still found, and nothing beyond its tail is read."""
+    first = put(outbox, "a1", entity="chat:a")
+    _skip_tickets(outbox, 5 * 4096)
+    later = put(outbox, "a2", entity="chat:a")
+    _skip_tickets(outbox, 3 * 4096)
+    other = put(outbox, "b1", entity="chat:b")
+    assert int(later.id[3:]) >> 12 >= (int(first.id[3:]) >> 12) + 5
+    leased = must_claim(outbox)
+    assert leased.id == first.id
+    acked, following = outbox.ack_and_claim_many(
+        [(leased.id, leased.lease_token or "")], "w1", lease_seconds=30, limit=10
+    )
+    assert acked == [True]
+    assert sorted(i.id for i in following) == sorted([later.id, other.id])
+    assert outbox.has_pending("chat:a")
+    for item in following:
+        assert outbox.ack(item.id, item.lease_token or "")
+    assert not outbox.has_pending("chat:a")
+    assert outbox.depth() == 0
+
+
+def test_a_retried_dead_letter_far_behind_the_head_goes_first(
+    outbox: Outbox, clock: FakeClock
+) -> None:
+    """Retrying a dead letter older than the entity's head makes it the head again; the
+    items after it, blocks away, follow in order."""
+    dead = put(outbox, "d1", entity="chat:a")
+    leased = must_claim(outbox)
+    outbox.fail(leased.id, leased.lease_token or "", "refused", retryable=False)
+    _skip_tickets(outbox, 3 * 4096)
+    newer = put(outbox, "d2", entity="chat:a")
+    assert outbox.retry_dead(dead.id) is not None
+    order: list[str] = []
+    while (item := claim(outbox)) is not None:
+        order.append(item.id)
+        assert outbox.ack(item.id, item.lease_token or "")
+    assert order == [dead.id, newer.id]
+    assert not outbox.has_pending("chat:a")

@@ -93,6 +93,9 @@ _CLAIM_SCAN_LIMIT = 256
 # deleted: twice the rate they are created, in one statement instead of one per ack.
 _PRUNE_EVERY = 16
 _PRUNE_BATCH = 32
+# Tickets are grouped in blocks of 2**_BUCKET_BITS in the per-entity index (the schema's
+# ``seq >> 12``).
+_BUCKET_BITS = 12
 # At most this many concurrent enqueues share one commit.
 _GROUP_MAX = 256
 # Acknowledgements per statement (two bound parameters each; sqlite allows 32,766).
@@ -113,6 +116,16 @@ _SCHEMA_VERSION = 3
 # reused); and keys are looked up by a 64-bit hash (``key_hash``, not unique, the key
 # itself compared after) rather than a unique index of the 32+ character keys, an index
 # a third the size, which keeps more of it in cache at a million items.
+#
+# The pending items of an entity are found through ``items_entity_bucket``, indexed by
+# (seq >> 12, entity, seq) rather than (entity, seq): an index ordered by entity first
+# appends every new item at that entity's own end of the index, one page per entity
+# (a thousand busy conversations, a thousand pages written back by every checkpoint);
+# ordered by a block of 4,096 tickets first, new items of every entity land in the same
+# few pages. Measured on 500,000 items: the last tenth enqueued at 70 % of a fresh
+# queue's rate with the (entity, seq) index, 87 % without it. An entity's next item is
+# then looked up block by block from its head up to ``heads.tail``, the newest ticket of
+# the entity (usually the first block or the next).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     seq INTEGER PRIMARY KEY,
@@ -135,14 +148,16 @@ CREATE TABLE IF NOT EXISTS items (
     delivered_at REAL
 );
 CREATE INDEX IF NOT EXISTS items_key_hash ON items(key_hash);
-CREATE INDEX IF NOT EXISTS items_entity ON items(entity, seq) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS items_entity_bucket ON items(seq >> 12, entity, seq)
+    WHERE state = 0;
 CREATE INDEX IF NOT EXISTS items_pending ON items(seq) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS items_dead ON items(seq) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS items_delivered ON items(delivered_at) WHERE state = 2;
 CREATE TABLE IF NOT EXISTS heads (
     entity TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
-    ready_at REAL NOT NULL
+    ready_at REAL NOT NULL,
+    tail INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS heads_ready ON heads(ready_at, seq);
 CREATE TABLE IF NOT EXISTS meta (
@@ -170,6 +185,7 @@ _MIGRATE_FROM_2_BEFORE = """
 ALTER TABLE items RENAME TO items_v2;
 DROP INDEX IF EXISTS items_key;
 DROP INDEX IF EXISTS items_entity;
+DROP INDEX IF EXISTS items_entity_bucket;
 DROP INDEX IF EXISTS items_pending;
 DROP INDEX IF EXISTS items_dead;
 DROP INDEX IF EXISTS items_delivered
@@ -184,7 +200,10 @@ INSERT INTO items (seq, entity, operation, kind, payload, idempotency_key, key_h
     FROM items_v2;
 INSERT OR REPLACE INTO meta (name, value)
     SELECT 'last_seq', seq FROM sqlite_sequence WHERE name = 'items_v2';
-DROP TABLE items_v2
+DROP TABLE items_v2;
+ALTER TABLE heads ADD COLUMN tail INTEGER NOT NULL DEFAULT 0;
+UPDATE heads SET tail = coalesce(
+    (SELECT max(seq) FROM items WHERE items.entity = heads.entity AND items.state = 0), seq)
 """
 
 _COLUMNS = (
@@ -209,14 +228,7 @@ _SELECT_PAGE = {
     )
     for state in (_PENDING, _DEAD)
 }
-# The head of the next ready entity and its item, in one statement; a head whose item is
-# gone (it never should be) comes back with a NULL item and is repaired.
-_SELECT_READY_HEAD = (
-    "SELECT heads.entity, heads.seq, items.seq IS NOT NULL, "  # noqa: S608
-    + ", ".join(f"items.{c.strip()}" for c in _COLUMNS.split(","))
-    + " FROM heads LEFT JOIN items ON items.seq = heads.seq AND items.state = 0"
-    " WHERE heads.ready_at <= ? ORDER BY heads.ready_at, heads.seq LIMIT 1"
-)
+
 # The next ticket: one past the highest row, or past the highest ever handed out when the
 # newest rows were deleted since.
 _INSERT_NEW = (
@@ -754,8 +766,9 @@ class Outbox:
         seq = cursor.lastrowid
         assert seq is not None
         con.execute(
-            "INSERT OR IGNORE INTO heads (entity, seq, ready_at) VALUES (?, ?, ?)",
-            (request.entity, seq, now),
+            "INSERT INTO heads (entity, seq, ready_at, tail) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (entity) DO UPDATE SET tail = excluded.tail",
+            (request.entity, seq, now, seq),
         )
         return OutboxItem(
             id=_ticket(seq),
@@ -783,21 +796,51 @@ class Outbox:
 
     @staticmethod
     def _advance_heads(con: sqlite3.Connection, entities: Sequence[str]) -> None:
-        """Point each entity's head at its oldest pending item, or remove it when none is
-        left: two statements however many entities."""
-        # Each entity's oldest pending item is one index seek (ORDER BY seq LIMIT 1); a
-        # GROUP BY min(seq) would read every pending item of those entities.
-        values = ",".join(["(?)"] * len(entities))
-        moved = con.execute(
-            "INSERT OR REPLACE INTO heads (entity, seq, ready_at)"  # noqa: S608
-            " SELECT entity, seq, max(not_before, coalesce(lease_until, not_before))"
-            " FROM items WHERE state = 0 AND seq IN (SELECT (SELECT i.seq FROM items AS i"
-            " WHERE i.state = 0 AND i.entity = e.column1 ORDER BY i.seq LIMIT 1)"
-            f" FROM (VALUES {values}) AS e) RETURNING entity",
+        """Point each entity's head at its oldest pending item from the current head on
+        (the head itself when it is still pending), or remove the head when none is left.
+
+        One statement looks in the head's block of tickets and the next one for every
+        entity at once (where the next item nearly always is); only an entity whose
+        next item is further away is looked up block by block, up to its tail.
+        """
+        marks = ",".join("?" * len(entities))
+        found = con.execute(
+            "SELECT h.entity, h.seq, h.tail, coalesce("  # noqa: S608
+            "(SELECT i.seq FROM items AS i WHERE i.state = 0 AND (i.seq >> 12) = (h.seq >> 12)"
+            " AND i.entity = h.entity AND i.seq >= h.seq ORDER BY i.seq LIMIT 1),"
+            " (SELECT i.seq FROM items AS i WHERE i.state = 0"
+            " AND (i.seq >> 12) = (h.seq >> 12) + 1 AND i.entity = h.entity"
+            " ORDER BY i.seq LIMIT 1))"
+            f" FROM heads AS h WHERE h.entity IN ({marks})",
             entities,
         ).fetchall()
-        if len(moved) < len(entities):
-            gone = sorted(set(entities) - {entity for (entity,) in moved})
+        moved: builtins.list[tuple[str, int]] = []
+        gone: builtins.list[str] = []
+        for entity, head, tail, nxt in found:
+            block = (head >> _BUCKET_BITS) + 2
+            while nxt is None and block <= tail >> _BUCKET_BITS:
+                row = con.execute(
+                    "SELECT seq FROM items WHERE state = 0 AND (seq >> 12) = ?"
+                    " AND entity = ? ORDER BY seq LIMIT 1",
+                    (block, entity),
+                ).fetchone()
+                nxt = row[0] if row is not None else None
+                block += 1
+            if nxt is None:
+                gone.append(entity)
+            else:
+                # Also when the head stays (a released item): its ready time is recomputed.
+                moved.append((entity, nxt))
+        if moved:
+            values = ",".join(["(?, ?)"] * len(moved))
+            con.execute(
+                "UPDATE heads SET seq = next.column2,"  # noqa: S608
+                " ready_at = max(items.not_before, coalesce(items.lease_until, items.not_before))"
+                f" FROM (VALUES {values}) AS next JOIN items ON items.seq = next.column2"
+                " WHERE heads.entity = next.column1",
+                [part for pair in moved for part in pair],
+            )
+        if gone:
             con.execute(
                 f"DELETE FROM heads WHERE entity IN ({','.join('?' * len(gone))})",  # noqa: S608
                 gone,
@@ -1173,8 +1216,14 @@ class Outbox:
                     ).fetchone()
                     ready = max(now, lease_until if lease_until is not None else now)
                 con.execute(
-                    "INSERT OR REPLACE INTO heads (entity, seq, ready_at) VALUES (?, ?, ?)",
-                    (item.entity, seq, ready),
+                    "INSERT INTO heads (entity, seq, ready_at, tail) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (entity) DO UPDATE SET seq = excluded.seq,"
+                    " ready_at = excluded.ready_at, tail = max(tail, excluded.tail)",
+                    (item.entity, seq, ready, seq),
+                )
+            else:
+                con.execute(
+                    "UPDATE heads SET tail = max(tail, ?) WHERE entity = ?", (seq, item.entity)
                 )
         return item
 
@@ -1244,9 +1293,8 @@ class Outbox:
         """True when ``entity`` has an undelivered item: a new write to it must queue
         behind, or it would overtake the older ones."""
         with self._db.reading("reading the outbox") as con:
-            row = con.execute(
-                "SELECT 1 FROM items WHERE entity = ? AND state = 0 LIMIT 1", (entity,)
-            ).fetchone()
+            # An entity has a head exactly while it has a pending item.
+            row = con.execute("SELECT 1 FROM heads WHERE entity = ?", (entity,)).fetchone()
         return row is not None
 
     def depth(self) -> int:
