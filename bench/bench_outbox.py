@@ -12,9 +12,9 @@ Rows:
   (callers that arrive during a commit share the next one, each still returning only
   after its own item is fsynced); and with the default (``NORMAL`` in WAL mode);
 - the bookkeeping of one delivery: microseconds per ``ack_and_claim`` (one commit per
-  item) and per item of ``ack_and_claim_many`` in batches of 8 (what ``OutboxWorker``
-  does), and the pages each commit writes (WAL frames, counted by a passive checkpoint
-  from another connection after 100 commits, fewer than an automatic checkpoint needs);
+  item) and per item of ``ack_and_claim_many`` in ``OutboxWorker``'s default batch, and
+  the pages each commit writes (WAL frames, counted by a passive checkpoint from another
+  connection, with automatic checkpoints off while counting);
 - drain items/s through ``OutboxWorker`` against a loopback echo server running in a
   child process (so its event loop does not compete with the client for the GIL), against
   the rate of calling the same server directly with the same number of concurrent calls;
@@ -52,6 +52,11 @@ from bench._server import ChildServer
 from superapp_sdk.offline import Outbox, OutboxItem, OutboxWorker
 
 _BLOCK = 200
+# The durable-enqueue target, 4,000 items/s, was set on a disk doing one write+fsync in
+# ~90 us (11,100/s): 36 % of that disk's fsync rate. This VM's disk is shared and its
+# fsync rate moves between runs (8,400-11,700/s on one day), so the rate is also judged
+# against the fsync rate measured in the same blocks.
+_FULL_TARGET_VS_FSYNC = 4000 / (1 / 90e-6)
 _DEFAULT_BATCH: int = inspect.signature(OutboxWorker).parameters["batch"].default
 
 
@@ -262,13 +267,19 @@ def _truncate_wal(path: Path) -> None:
 
 
 def _bookkeeping(root: Path, samples: int) -> dict[str, float]:
-    """Microseconds and WAL pages per delivered item, one commit per item and by 8."""
+    """Microseconds per delivered item and WAL pages per commit, one item per commit and
+    the worker's default batch per commit."""
     rng = random.Random(4)
     per_item: dict[str, list[float]] = {"one_us": [], "batch_us": []}
     pages: dict[str, list[float]] = {"one_pages": [], "batch_pages": []}
+    batch = _DEFAULT_BATCH
+    commits = 800 // batch
     with Outbox(root / "bookkeeping", durable=False) as outbox:
         _fill(outbox, 20_000 + samples * 200 * 9, rng)
-        held = outbox.claim_many("bench", lease_seconds=600, limit=8)
+        # No automatic checkpoint while counting: one would restart the WAL midway and
+        # the frame count would cover only the commits after it.
+        outbox._db._writer_connection().execute("PRAGMA wal_autocheckpoint=0")
+        held = outbox.claim_many("bench", lease_seconds=600, limit=batch)
         for _ in range(samples):
             _truncate_wal(outbox.path)
             began = time.perf_counter()
@@ -284,16 +295,16 @@ def _bookkeeping(root: Path, samples: int) -> dict[str, float]:
             pages["one_pages"].append(_wal_frames(outbox.path) / 100)
             _truncate_wal(outbox.path)
             began = time.perf_counter()
-            for _ in range(100):
+            for _ in range(commits):
                 _, held = outbox.ack_and_claim_many(
                     [(i.id, i.lease_token or "") for i in held],
                     "bench",
                     lease_seconds=600,
-                    limit=8,
+                    limit=batch,
                 )
-                assert len(held) == 8
-            per_item["batch_us"].append((time.perf_counter() - began) / 800 * 1e6)
-            pages["batch_pages"].append(_wal_frames(outbox.path) / 100)
+                assert len(held) == batch
+            per_item["batch_us"].append((time.perf_counter() - began) / (commits * batch) * 1e6)
+            pages["batch_pages"].append(_wal_frames(outbox.path) / commits)
     return {k: statistics.median(v) for k, v in (per_item | pages).items()}
 
 
@@ -465,6 +476,13 @@ def run(quick: bool) -> dict[str, Any]:
             f"{full:.0f} items/s = {enq['full_vs_fsync']:.0%} of fsync",
             ">= 4000/s",
             full >= 4000,
+        ),
+        (
+            "  the same against this run's fsync",
+            f"{enq['full_vs_fsync']:.0%} of fsync (median block"
+            f" {enq['full_vs_fsync_median_block']:.0%})",
+            f">= {_FULL_TARGET_VS_FSYNC:.0%} (4000/s at 90 us)",
+            enq["full_vs_fsync"] >= _FULL_TARGET_VS_FSYNC,
         ),
         (
             "  diskcache Deque.append, FULL (no keys)",
