@@ -1412,9 +1412,9 @@ class OutboxWorker(_WorkerOptions):
             Items of one entity are still sent one at a time, in order.
         batch: how many items a thread leases per transaction (1..1000). Measured on a
             2-core VM against a provider in another process (``python -m bench --only
-            outbox``): one item per transaction costs ~124 us, about a sixth of a
-            loopback call, so batch=1 drains at 72-80% of the rate of calling the
-            provider directly; batch=32 (47 us an item) at 92-96%. The cost of a larger
+            outbox``): one item per transaction costs ~120 us, about a sixth of a
+            loopback call, so batch=1 drains at 71-80% of the rate of calling the
+            provider directly; batch=32 (25-40 us an item) at 92-100%. The cost of a larger
             batch: after a crash, up to one batch per thread is sent again, under the
             same idempotency keys; an item whose lease is half gone when its turn comes
             is given back unsent. An extra thread committing while another sends did not help there:
