@@ -8,22 +8,20 @@ provider only through the :class:`ChatProvider` Protocol.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import httpx
 import pytest
 
 from superapp_sdk._errors import Declined, Unauthorized
 from superapp_sdk.capabilities.chat import ChatProvider, Message
-from superapp_sdk.providers._http import Call, arun_call, run_call
+from superapp_sdk.providers._http import Call
 from superapp_sdk.providers.kakao.talk import KakaoTalk
 from superapp_sdk.testing import FakeClock
-from superapp_sdk.testing._servers import UvicornServer
 from superapp_sdk.testing.kakao import chat as kakao_chat
 from superapp_sdk.testing.kakao._asgi import App
+from tests._contract import TRANSPORTS, Reach, reach
 
 T = TypeVar("T")
 
@@ -75,20 +73,15 @@ RIGS: dict[str, Callable[[], ChatRig]] = {"kakao.talk": kakao_rig}
 class Bench:
     """A rig plus a way to reach its simulator: in-process (async) or loopback (sync)."""
 
-    def __init__(self, rig: ChatRig, base: str, client: httpx.AsyncClient) -> None:
+    def __init__(self, rig: ChatRig, where: Reach) -> None:
         self.rig = rig
-        self.base = base
-        self.client = client
-        self.provider = rig.make(base)
-        self.sync_client: httpx.Client | None = None
+        self.where = where
+        self.base = where.base
+        self.provider = rig.make(where.base)
 
     async def run(self, call: Call[T], provider: ChatProvider | None = None) -> T:
         name = (provider or self.provider).name
-        if self.sync_client is None:
-            return await arun_call(self.client, call, provider=name, operation="chat.send")
-        return await asyncio.to_thread(
-            run_call, self.sync_client, call, provider=name, operation="chat.send", timeout=10
-        )
+        return await self.where.run(call, provider=name, operation="chat.send")
 
 
 @pytest.fixture(params=sorted(RIGS))
@@ -96,31 +89,10 @@ def rig(request: pytest.FixtureRequest) -> ChatRig:
     return RIGS[request.param]()
 
 
-@pytest.fixture(params=["asgi", "loopback"])
-def transport_kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def server(rig: ChatRig, transport_kind: str) -> Iterator[UvicornServer | None]:
-    if transport_kind == "asgi":
-        yield None
-        return
-    with UvicornServer(rig.app) as running:
-        yield running
-
-
-@pytest.fixture
-async def bench(rig: ChatRig, server: UvicornServer | None) -> AsyncIterator[Bench]:
-    if server is None:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=rig.app)) as client:
-            yield Bench(rig, "http://sim", client)
-        return
-    async with httpx.AsyncClient() as client:
-        bench = Bench(rig, server.url, client)
-        with httpx.Client() as sync_client:
-            bench.sync_client = sync_client
-            yield bench
+@pytest.fixture(params=TRANSPORTS)
+async def bench(rig: ChatRig, request: pytest.FixtureRequest) -> AsyncIterator[Bench]:
+    async with reach(rig.app, request.param) as where:
+        yield Bench(rig, where)
 
 
 async def test_provider_declares_its_identity(bench: Bench) -> None:

@@ -8,8 +8,7 @@ provider only through the :class:`IdentityProvider` Protocol.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -19,13 +18,13 @@ import pytest
 
 from superapp_sdk._errors import Declined, Unauthorized
 from superapp_sdk.capabilities.identity import IdentityProvider
-from superapp_sdk.providers._http import Call, arun_call, run_call
+from superapp_sdk.providers._http import Call
 from superapp_sdk.providers.kakao.login import KakaoLogin
 from superapp_sdk.testing import FakeClock
-from superapp_sdk.testing._servers import UvicornServer
 from superapp_sdk.testing.kakao import identity as kakao_identity
 from superapp_sdk.testing.kakao._asgi import App
 from superapp_sdk.tokens import verify_id_token
+from tests._contract import TRANSPORTS, Reach, reach
 
 T = TypeVar("T")
 REDIRECT = "https://app.example/callback"
@@ -95,20 +94,15 @@ RIGS: dict[str, Callable[[], IdentityRig]] = {"kakao.login": kakao_rig}
 class Bench:
     """A rig plus a way to reach its simulator: in-process (async) or loopback (sync)."""
 
-    def __init__(self, rig: IdentityRig, base: str, client: httpx.AsyncClient) -> None:
+    def __init__(self, rig: IdentityRig, where: Reach) -> None:
         self.rig = rig
-        self.base = base
-        self.client = client
-        self.provider = rig.make(base)
-        self.sync_client: httpx.Client | None = None
+        self.where = where
+        self.base = where.base
+        self.client = where.client
+        self.provider = rig.make(where.base)
 
     async def run(self, call: Call[T], operation: str = "identity.op") -> T:
-        name = self.provider.name
-        if self.sync_client is None:
-            return await arun_call(self.client, call, provider=name, operation=operation)
-        return await asyncio.to_thread(
-            run_call, self.sync_client, call, provider=name, operation=operation, timeout=10
-        )
+        return await self.where.run(call, provider=self.provider.name, operation=operation)
 
     async def login(self, nonce: str = "nonce-1") -> Any:
         code = await self.rig.login_code(self.client, self.provider, nonce, "state-1")
@@ -132,31 +126,10 @@ def rig(request: pytest.FixtureRequest) -> IdentityRig:
     return RIGS[request.param]()
 
 
-@pytest.fixture(params=["asgi", "loopback"])
-def transport_kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def server(rig: IdentityRig, transport_kind: str) -> Iterator[UvicornServer | None]:
-    if transport_kind == "asgi":
-        yield None
-        return
-    with UvicornServer(rig.app) as running:
-        yield running
-
-
-@pytest.fixture
-async def bench(rig: IdentityRig, server: UvicornServer | None) -> AsyncIterator[Bench]:
-    if server is None:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=rig.app)) as client:
-            yield Bench(rig, "http://sim", client)
-        return
-    async with httpx.AsyncClient() as client:
-        bench = Bench(rig, server.url, client)
-        with httpx.Client() as sync_client:
-            bench.sync_client = sync_client
-            yield bench
+@pytest.fixture(params=TRANSPORTS)
+async def bench(rig: IdentityRig, request: pytest.FixtureRequest) -> AsyncIterator[Bench]:
+    async with reach(rig.app, request.param) as where:
+        yield Bench(rig, where)
 
 
 async def test_provider_declares_its_identity(bench: Bench) -> None:

@@ -32,6 +32,7 @@ from superapp_sdk.testing import FakeClock
 from superapp_sdk.testing._servers import UvicornServer
 from superapp_sdk.testing.kakao._asgi import App, Fire
 from superapp_sdk.testing.kakao.mobility import MobilityState, routes
+from tests._contract import Driver
 
 T = TypeVar("T")
 
@@ -95,18 +96,12 @@ async def client(harness: MobilityHarness) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-class Trips:
+class Trips(Driver[MobilityProvider]):
     """Drives calls of one provider through one async client."""
 
     def __init__(self, harness: MobilityHarness, http: httpx.AsyncClient) -> None:
+        super().__init__(harness.provider, http)
         self.harness = harness
-        self.provider = harness.provider
-        self.http = http
-
-    async def __call__(self, call: Call[T], operation: str) -> T:
-        return await arun_call(
-            self.http, call, provider=self.provider.name, operation=operation, timeout=10
-        )
 
     async def estimate(self, origin: Place, destination: Place) -> Estimate:
         return await self(

@@ -32,6 +32,7 @@ from superapp_sdk.testing import FakeClock
 from superapp_sdk.testing._servers import UvicornServer
 from superapp_sdk.testing.kakao._asgi import App, Fire
 from superapp_sdk.testing.kakao.payment import PaymentState, routes
+from tests._contract import Driver
 
 T = TypeVar("T")
 
@@ -92,18 +93,12 @@ async def client(harness: PaymentHarness) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-class Payments:
+class Payments(Driver[PaymentProvider]):
     """Drives calls of one provider through one async client."""
 
     def __init__(self, harness: PaymentHarness, http: httpx.AsyncClient) -> None:
+        super().__init__(harness.provider, http)
         self.harness = harness
-        self.provider = harness.provider
-        self.http = http
-
-    async def __call__(self, call: Call[T], operation: str) -> T:
-        return await arun_call(
-            self.http, call, provider=self.provider.name, operation=operation, timeout=10
-        )
 
     async def checkout(
         self, order_id: str, user_id: str = "user-1", total: int = 12_000
