@@ -443,6 +443,75 @@ class Router(Generic[P]):
 
     # -- sync --------------------------------------------------------------------------
 
+    def _begin(
+        self,
+        operation: str,
+        kind: OperationKind,
+        prober: Any,
+        providers: Collection[str] | None,
+        attempts: list[Attempt],
+        taken: dict[str, tuple[str, int]],
+        *,
+        spawn: Callable[..., None],
+    ) -> list[tuple[Route[P], str]]:
+        """Plan a call: start the background probes it allows, and return the providers
+        to try in order (raises :class:`Unavailable` when there is none)."""
+        eligible, probes, domain_probes = self._plan(
+            operation,
+            attempts,
+            can_probe_aside=prober is not None,
+            providers=providers,
+            inline_probes=kind is not OperationKind.PAYMENT,
+            taken=taken,
+        )
+        for r in probes:
+            spawn(r, prober, domain=False, operation=operation)
+        for r in domain_probes:
+            spawn(r, prober, domain=True, operation=operation)
+        if not eligible:
+            raise self._unavailable(operation, attempts)
+        return eligible
+
+    def _failed(
+        self,
+        r: Route[P],
+        exc: Exception,
+        kind: OperationKind,
+        operation: str,
+        mode: str,
+        epoch: int | None,
+        start: float,
+        attempts: list[Attempt],
+        lock: threading.Lock,
+    ) -> bool:
+        """Record a failed try; raise :class:`_Stop` when nothing else may be tried;
+        return whether the outcome must be resolved (an ambiguous payment) rather than
+        failed over."""
+        elapsed = self.timer.monotonic() - start
+        with lock:
+            attempts.append(Attempt(r.name, type(exc).__name__, elapsed, isinstance(exc, Rejected)))
+        self._record(r, exc, mode, epoch)
+        action = classify(
+            kind, exc, provider=r.name, operation=operation, overrides=self.classification
+        )
+        if action is Action.FAIL_NOW:
+            raise _Stop(exc) from exc
+        return action is Action.RESOLVE
+
+    def _succeeded(
+        self,
+        r: Route[P],
+        value: Any,
+        mode: str,
+        start: float,
+        attempts: list[Attempt],
+        lock: threading.Lock,
+    ) -> _Found:
+        with lock:
+            attempts.append(Attempt(r.name, None, self.timer.monotonic() - start))
+        self._record(r, None, mode)
+        return _Found(value, r)
+
     def call(
         self,
         operation: str,
@@ -472,22 +541,11 @@ class Router(Generic[P]):
             provider failed or was skipped.
         """
         attempts: list[Attempt] = []
-        prober = probe or (make if kind is OperationKind.READ else None)
         taken: dict[str, tuple[str, int]] = {}
-        eligible, probes, domain_probes = self._plan(
-            operation,
-            attempts,
-            can_probe_aside=prober is not None,
-            providers=providers,
-            inline_probes=kind is not OperationKind.PAYMENT,
-            taken=taken,
+        prober = probe or (make if kind is OperationKind.READ else None)
+        eligible = self._begin(
+            operation, kind, prober, providers, attempts, taken, spawn=self._spawn_probe
         )
-        for r in probes:
-            self._spawn_probe(r, prober, domain=False, operation=operation)
-        for r in domain_probes:
-            self._spawn_probe(r, prober, domain=True, operation=operation)
-        if not eligible:
-            raise self._unavailable(operation, attempts)
         lock = threading.Lock()
 
         def attempt(item: tuple[Route[P], str]) -> Any:
@@ -503,23 +561,10 @@ class Router(Generic[P]):
                     **self._probe_cap(mode),
                 )
             except Exception as exc:
-                elapsed = self.timer.monotonic() - start
-                skipped = isinstance(exc, Rejected)
-                with lock:
-                    attempts.append(Attempt(r.name, type(exc).__name__, elapsed, skipped))
-                self._record(r, exc, mode, epoch)
-                action = classify(
-                    kind, exc, provider=r.name, operation=operation, overrides=self.classification
-                )
-                if action is Action.FAIL_NOW:
-                    raise _Stop(exc) from exc
-                if action is Action.RESOLVE:
+                if self._failed(r, exc, kind, operation, mode, epoch, start, attempts, lock):
                     return self._resolve(r, exc, resolve, operation, attempts, lock)
                 raise
-            with lock:
-                attempts.append(Attempt(r.name, None, self.timer.monotonic() - start))
-            self._record(r, None, mode)
-            return _Found(value, r)
+            return self._succeeded(r, value, mode, start, attempts, lock)
 
         try:
             if hedge and kind is OperationKind.READ and len(eligible) > 1:
@@ -563,15 +608,33 @@ class Router(Generic[P]):
         if resolve is None:
             raise _Stop(self._unknown(r, exc, operation, attempts)) from exc
         start = self.timer.monotonic()
-        ctx = CallContext(operation + ".resolve")
         try:
-            value = resolve(r)(ctx)
+            value = resolve(r)(CallContext(operation + ".resolve"))
         except Exception as err:
-            with lock:
-                attempts.append(Attempt(r.name, type(err).__name__, self.timer.monotonic() - start))
-            raise _Stop(self._unknown(r, exc, operation, attempts)) from err
+            raise self._unresolved(r, exc, err, start, operation, attempts, lock) from err
+        return self._resolved(r, exc, value)
+
+    def _unresolved(
+        self,
+        r: Route[P],
+        exc: BaseException,
+        err: BaseException,
+        start: float,
+        operation: str,
+        attempts: list[Attempt],
+        lock: threading.Lock,
+    ) -> _Stop:
+        """The status query after an ambiguous payment failed too: the outcome is unknown."""
+        with lock:
+            attempts.append(Attempt(r.name, type(err).__name__, self.timer.monotonic() - start))
+        return _Stop(self._unknown(r, exc, operation, attempts))
+
+    @staticmethod
+    def _resolved(r: Route[P], exc: BaseException, value: Any) -> _Found:
+        """The status query's answer: the payment's result, or ``None`` when it provably
+        did not execute (then ``exc`` is raised, and the router fails over)."""
         if value is None:
-            raise exc  # provably not executed: fail over
+            raise exc
         return _Found(value, r)
 
     @staticmethod
@@ -663,22 +726,12 @@ class Router(Generic[P]):
     ) -> Routed[Any]:
         """The async form of :meth:`call`; hedged losers are cancelled."""
         attempts: list[Attempt] = []
-        prober = probe or (make if kind is OperationKind.READ else None)
         taken: dict[str, tuple[str, int]] = {}
-        eligible, probes, domain_probes = self._plan(
-            operation,
-            attempts,
-            can_probe_aside=prober is not None,
-            providers=providers,
-            inline_probes=kind is not OperationKind.PAYMENT,
-            taken=taken,
+        aprober = probe or (make if kind is OperationKind.READ else None)
+        eligible = self._begin(
+            operation, kind, aprober, providers, attempts, taken, spawn=self._aspawn_probe
         )
-        for r in probes:
-            self._aspawn_probe(r, prober, domain=False, operation=operation)
-        for r in domain_probes:
-            self._aspawn_probe(r, prober, domain=True, operation=operation)
-        if not eligible:
-            raise self._unavailable(operation, attempts)
+        lock = threading.Lock()
 
         async def attempt(item: tuple[Route[P], str]) -> Any:
             r, mode = item
@@ -699,22 +752,10 @@ class Router(Generic[P]):
                     self.detector.release_probe(r.domain, epoch)
                 raise
             except Exception as exc:
-                elapsed = self.timer.monotonic() - start
-                attempts.append(
-                    Attempt(r.name, type(exc).__name__, elapsed, isinstance(exc, Rejected))
-                )
-                self._record(r, exc, mode, epoch)
-                action = classify(
-                    kind, exc, provider=r.name, operation=operation, overrides=self.classification
-                )
-                if action is Action.FAIL_NOW:
-                    raise _Stop(exc) from exc
-                if action is Action.RESOLVE:
-                    return await self._aresolve(r, exc, resolve, operation, attempts)
+                if self._failed(r, exc, kind, operation, mode, epoch, start, attempts, lock):
+                    return await self._aresolve(r, exc, resolve, operation, attempts, lock)
                 raise
-            attempts.append(Attempt(r.name, None, self.timer.monotonic() - start))
-            self._record(r, None, mode)
-            return _Found(value, r)
+            return self._succeeded(r, value, mode, start, attempts, lock)
 
         found: Any = None
         try:
@@ -752,19 +793,16 @@ class Router(Generic[P]):
         resolve: MakeAsync | None,
         operation: str,
         attempts: list[Attempt],
+        lock: threading.Lock,
     ) -> Any:
         if resolve is None:
             raise _Stop(self._unknown(r, exc, operation, attempts)) from exc
         start = self.timer.monotonic()
-        ctx = CallContext(operation + ".resolve")
         try:
-            value = await resolve(r)(ctx)
+            value = await resolve(r)(CallContext(operation + ".resolve"))
         except Exception as err:
-            attempts.append(Attempt(r.name, type(err).__name__, self.timer.monotonic() - start))
-            raise _Stop(self._unknown(r, exc, operation, attempts)) from err
-        if value is None:
-            raise exc
-        return _Found(value, r)
+            raise self._unresolved(r, exc, err, start, operation, attempts, lock) from err
+        return self._resolved(r, exc, value)
 
     async def _aprobe_once(
         self, r: Route[P], prober: MakeAsync, *, domain: bool, operation: str
