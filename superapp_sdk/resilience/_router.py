@@ -661,40 +661,51 @@ class Router(Generic[P]):
         ctx.timeout = timeout.seconds if timeout is not None else self.probe_timeout
         return ctx
 
+    def _probe_begin(
+        self, r: Route[P], prober: Any, *, domain: bool, ctx: CallContext
+    ) -> _ProbeSlot | None:
+        """Take the probe slot of ``r``'s domain or breaker; ``None`` when no probe may run."""
+        if prober is None:
+            return None
+        if domain:
+            return _ProbeSlot(None, 0.0) if self.detector.try_probe(r.domain) else None
+        breaker = r.pipeline.breaker
+        if breaker is None:
+            return None
+        try:
+            permit = breaker.acquire(ctx, probe=True)
+        except CircuitOpen:
+            return None
+        return _ProbeSlot(permit, breaker._now())
+
+    def _probe_end(
+        self, r: Route[P], slot: _ProbeSlot, *, domain: bool, exc: BaseException | None
+    ) -> None:
+        """Record a probe's result. A refusal is an answer: the provider is alive."""
+        alive = exc is None or isinstance(exc, ProviderRefused)
+        if domain:
+            if alive or isinstance(exc, Exception):
+                self.detector.record(r.domain, self.capability, ok=alive, probe=True)
+            return
+        breaker = r.pipeline.breaker
+        assert breaker is not None
+        breaker.settle(slot.permit, slot.start, None if alive else exc)
+
     def _probe_once(
         self, r: Route[P], prober: MakeSync | None, *, domain: bool, operation: str
     ) -> None:
         ctx = self._probe_ctx(r, operation)
-        breaker = r.pipeline.breaker
-        if domain:
-            if prober is None or not self.detector.try_probe(r.domain):
-                return
-            try:
-                prober(r)(ctx)
-            except ProviderRefused:
-                self.detector.record(r.domain, self.capability, ok=True, probe=True)
-            except Exception:  # noqa: BLE001 - the probe's failure is the information
-                self.detector.record(r.domain, self.capability, ok=False, probe=True)
-            else:
-                self.detector.record(r.domain, self.capability, ok=True, probe=True)
+        slot = self._probe_begin(r, prober, domain=domain, ctx=ctx)
+        if slot is None or prober is None:
             return
-        if breaker is None or prober is None:
-            return
-        try:
-            permit = breaker.acquire(ctx, probe=True)
-        except CircuitOpen:
-            return
-        start = breaker._now()
         try:
             prober(r)(ctx)
-        except ProviderRefused:
-            breaker.settle(permit, start, None)  # a refusal is an answer: it is alive
         except BaseException as exc:
-            breaker.settle(permit, start, exc)
+            self._probe_end(r, slot, domain=domain, exc=exc)
             if not isinstance(exc, Exception):
                 raise
         else:
-            breaker.settle(permit, start, None)
+            self._probe_end(r, slot, domain=domain, exc=None)
 
     def _spawn_probe(
         self, r: Route[P], prober: MakeSync | None, *, domain: bool, operation: str
@@ -808,38 +819,18 @@ class Router(Generic[P]):
         self, r: Route[P], prober: MakeAsync, *, domain: bool, operation: str
     ) -> None:
         ctx = self._probe_ctx(r, operation)
-        if domain:
-            if not self.detector.try_probe(r.domain):
-                return
-            try:
-                async with asyncio.timeout(ctx.timeout):
-                    await prober(r)(ctx)
-            except ProviderRefused:
-                self.detector.record(r.domain, self.capability, ok=True, probe=True)
-            except Exception:  # noqa: BLE001 - the probe's failure is the information
-                self.detector.record(r.domain, self.capability, ok=False, probe=True)
-            else:
-                self.detector.record(r.domain, self.capability, ok=True, probe=True)
+        slot = self._probe_begin(r, prober, domain=domain, ctx=ctx)
+        if slot is None:
             return
-        breaker = r.pipeline.breaker
-        if breaker is None:
-            return
-        try:
-            permit = breaker.acquire(ctx, probe=True)
-        except CircuitOpen:
-            return
-        start = breaker._now()
         try:
             async with asyncio.timeout(ctx.timeout):
                 await prober(r)(ctx)
-        except ProviderRefused:
-            breaker.settle(permit, start, None)  # a refusal is an answer: it is alive
         except BaseException as exc:
-            breaker.settle(permit, start, exc)
+            self._probe_end(r, slot, domain=domain, exc=exc)
             if not isinstance(exc, Exception):
                 raise
         else:
-            breaker.settle(permit, start, None)
+            self._probe_end(r, slot, domain=domain, exc=None)
 
     def _aspawn_probe(
         self, r: Route[P], prober: MakeAsync | None, *, domain: bool, operation: str
@@ -865,6 +856,14 @@ class Router(Generic[P]):
             t.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _ProbeSlot:
+    """A probe's claim: the breaker's permit and start time (``None``, 0 for a domain)."""
+
+    permit: Any
+    start: float
 
 
 @dataclass(frozen=True, slots=True)
