@@ -8,6 +8,7 @@ path, so a corrupted file, a read-only directory or a full disk is reported, nev
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import stat
@@ -65,17 +66,11 @@ def ensure_private_file(path: Path) -> None:
     this one has mapped (SIGBUS). https://www.sqlite.org/howtocorrupt.html#_posix_advisory_locks_canceled_by_a_separate_thread_doing_close_
     """
     try:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, FILE_MODE)
-        except FileExistsError:
-            if stat.S_IMODE(os.stat(path).st_mode) != FILE_MODE:
-                os.chmod(path, FILE_MODE)
-            return
-        try:
-            if stat.S_IMODE(os.fstat(fd).st_mode) != FILE_MODE:
-                os.fchmod(fd, FILE_MODE)
-        finally:
-            os.close(fd)
+        with contextlib.suppress(FileExistsError):
+            # Only a file this call creates is opened (and closed at once).
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, FILE_MODE))
+        if stat.S_IMODE(os.stat(path).st_mode) != FILE_MODE:
+            os.chmod(path, FILE_MODE)  # the umask may have narrowed a new file's mode
     except OSError as exc:
         raise store_error(path, "creating the state file", exc) from exc
 
