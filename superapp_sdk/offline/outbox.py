@@ -53,7 +53,7 @@ import os
 import random
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
@@ -465,6 +465,11 @@ class _FullJitter:
         state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
         state.attempt_number = max(1, attempt)
         return self._rng.uniform(0.0, self._bound(state))
+
+
+def _leases(items: Iterable[OutboxItem]) -> builtins.list[tuple[str, str]]:
+    """``(item_id, lease_token)`` of leased items, as ack and release take them."""
+    return [(item.id, item.lease_token or "") for item in items]
 
 
 def _own_copy(exc: Exception) -> Exception:
@@ -1694,7 +1699,7 @@ class AsyncOutboxWorker(_WorkerOptions):
                     sent.append((item.id, item.lease_token))
 
         def unsent() -> builtins.list[tuple[str, str]]:
-            return [(i.id, i.lease_token or "") for i in items if i.id not in started]
+            return _leases(i for i in items if i.id not in started)
 
         try:
             if self.concurrency == 1:
@@ -1712,16 +1717,7 @@ class AsyncOutboxWorker(_WorkerOptions):
             # started given back.
             await self._settle(sent, unsent())
             raise
-        settle = asyncio.ensure_future(
-            asyncio.to_thread(
-                self.outbox.ack_and_claim_many,
-                sent,
-                self.worker_id,
-                lease_seconds=self.lease_seconds,
-                limit=self.batch,
-                release=unsent(),
-            )
-        )
+        settle = self._commit(sent, unsent(), self.batch)
         try:
             # Shielded: the commit runs in a thread either way, and its result (the next
             # batch, leased to this worker) must be given back if the task is stopping.
@@ -1729,12 +1725,31 @@ class AsyncOutboxWorker(_WorkerOptions):
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 _, leased = await settle
-                await self._settle([], [(i.id, i.lease_token or "") for i in leased])
+                await self._settle([], _leases(leased))
             raise
         for (item_id, _), ok in zip(sent, acked, strict=True):
             if not ok:
                 logger.warning("lease of outbox item %s was lost before ack", item_id)
         return following
+
+    def _commit(
+        self,
+        sent: builtins.list[tuple[str, str]],
+        unsent: builtins.list[tuple[str, str]],
+        limit: int,
+    ) -> asyncio.Future[tuple[builtins.list[bool], builtins.list[OutboxItem]]]:
+        """``ack_and_claim_many`` in a thread, as a future of its own: awaited through
+        ``asyncio.shield``, a cancellation of the worker cannot cut the commit short."""
+        return asyncio.ensure_future(
+            asyncio.to_thread(
+                self.outbox.ack_and_claim_many,
+                list(sent),
+                self.worker_id,
+                lease_seconds=self.lease_seconds,
+                limit=limit,
+                release=unsent,
+            )
+        )
 
     async def _settle(
         self, sent: builtins.list[tuple[str, str]], unsent: builtins.list[tuple[str, str]]
@@ -1743,18 +1758,8 @@ class AsyncOutboxWorker(_WorkerOptions):
         shielded, so the cancellation cannot cut the commit short; errors only logged."""
         if not sent and not unsent:
             return
-        settle = asyncio.ensure_future(
-            asyncio.to_thread(
-                self.outbox.ack_and_claim_many,
-                list(sent),
-                self.worker_id,
-                lease_seconds=self.lease_seconds,
-                limit=0,
-                release=unsent,
-            )
-        )
         try:
-            await asyncio.shield(settle)
+            await asyncio.shield(self._commit(sent, unsent, 0))
         except asyncio.CancelledError:
             # Cancelled again while waiting: the thread still finishes the commit.
             pass
@@ -1781,7 +1786,7 @@ class AsyncOutboxWorker(_WorkerOptions):
                     wait = self._wait_until(await asyncio.to_thread(self.outbox.next_ready_at))
             except asyncio.CancelledError:
                 # Leased to this worker and never started: give them back.
-                await self._settle([], [(i.id, i.lease_token or "") for i in held])
+                await self._settle([], _leases(held))
                 raise
             except StoreError as exc:
                 logger.error("outbox worker: %s", exc)
