@@ -502,11 +502,8 @@ async def test_simulator_quit_payment_reads_as_failed(
     state, app, _ = kakao_sim
     pay = KakaoPay(secret_key=state.secret_key, pay_base_url="http://kakao.sim/pay")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
-
-        async def run(call: Call[T]) -> T:
-            return await arun_call(http, call, provider=pay.name, operation="payment")
-
-        checkout = await run(
+        driver = Driver(pay, http)
+        checkout = await driver(
             pay.ready(
                 order_id="order-1",
                 amount=Money(1000),
@@ -514,10 +511,13 @@ async def test_simulator_quit_payment_reads_as_failed(
                 user_id="user-1",
                 return_url=RETURN_URL,
                 idempotency_key="k",
-            )
+            ),
+            "payment",
         )
         state.quit(checkout.provider_ref)
-        payment = await run(pay.status(order_id="order-1", provider_ref=checkout.provider_ref))
+        payment = await driver(
+            pay.status(order_id="order-1", provider_ref=checkout.provider_ref), "payment"
+        )
     assert payment.status is PaymentStatus.FAILED
 
 
@@ -528,11 +528,8 @@ async def test_simulator_recurring_approval_issues_a_usable_sid(
     state, app, _ = kakao_sim
     pay = KakaoPay(secret_key=state.secret_key, pay_base_url="http://kakao.sim/pay")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
-
-        async def run(call: Call[T]) -> T:
-            return await arun_call(http, call, provider=pay.name, operation="payment")
-
-        checkout = await run(
+        driver = Driver(pay, http)
+        checkout = await driver(
             pay.ready(
                 order_id="sub-1",
                 amount=Money(9_900),
@@ -541,20 +538,22 @@ async def test_simulator_recurring_approval_issues_a_usable_sid(
                 return_url=RETURN_URL,
                 idempotency_key="k",
                 recurring=True,
-            )
+            ),
+            "payment",
         )
         token = state.authorize(checkout.provider_ref)
-        first = await run(
+        first = await driver(
             pay.approve(
                 order_id="sub-1",
                 approval=Approval(checkout.provider_ref, token, "user-1"),
                 user_id="user-1",
                 idempotency_key="k",
-            )
+            ),
+            "payment",
         )
         assert first.billing_key is not None
         assert state.sids("user-1") == [first.billing_key]
-        second = await run(
+        second = await driver(
             pay.charge(
                 order_id="sub-2",
                 amount=Money(9_900),
@@ -562,7 +561,8 @@ async def test_simulator_recurring_approval_issues_a_usable_sid(
                 user_id="user-1",
                 billing_key=first.billing_key,
                 idempotency_key="k2",
-            )
+            ),
+            "payment",
         )
     assert second.status is PaymentStatus.APPROVED
     assert [c.kind for c in state.ledger["sub-1"] + state.ledger["sub-2"]] == [
