@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import gzip
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -182,6 +183,77 @@ def test_streaming_body_is_buffered_for_a_retry(clock: FakeClock) -> None:
     with _client(script, _pipeline(clock)) as client:
         assert client.put(URL, content=body()).status_code == 200
     assert [r.content for r in script.requests] == [b"part1-part2"] * 2
+
+
+# -- the response handed back -----------------------------------------------------------
+
+
+class _Body(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A gzip-encoded body in two chunks that remembers whether it was closed."""
+
+    def __init__(self) -> None:
+        data = gzip.compress(b"hello, " * 100)
+        self.chunks = [data[:10], data[10:]]
+        self.closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+
+    def close(self) -> None:
+        self.closed = True
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def _gzip_handler(bodies: list[_Body]) -> Any:
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(_Body())
+        return httpx.Response(200, headers={"content-encoding": "gzip"}, stream=bodies[-1])
+
+    return handler
+
+
+def test_response_is_decoded_once_closed_and_timed_like_httpxs(clock: FakeClock) -> None:
+    """The body is read inside the try, yet the client still decodes it (once), closes
+    the response and sets ``elapsed``; the provider's stream is closed by the try."""
+    bodies: list[_Body] = []
+    transport = ResilientTransport(
+        httpx.MockTransport(_gzip_handler(bodies)), pipeline=_pipeline(clock)
+    )
+    with httpx.Client(transport=transport) as client:
+        response = client.get(URL)
+        assert bodies[-1].closed
+        assert response.text == "hello, " * 100
+        assert response.is_closed
+        assert response.elapsed.total_seconds() >= 0
+        with client.stream("GET", URL) as streamed:
+            assert not streamed.is_stream_consumed
+            assert b"".join(streamed.iter_bytes()) == b"hello, " * 100
+        assert streamed.is_closed
+
+
+async def test_async_response_is_decoded_once_closed_and_timed_like_httpxs(
+    clock: FakeClock,
+) -> None:
+    """The async transport hands back the same kind of response."""
+    bodies: list[_Body] = []
+    transport = AsyncResilientTransport(
+        httpx.MockTransport(_gzip_handler(bodies)), pipeline=_pipeline(clock)
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        response = await client.get(URL)
+        assert bodies[-1].closed
+        assert response.text == "hello, " * 100
+        assert response.is_closed
+        assert response.elapsed.total_seconds() >= 0
+        async with client.stream("GET", URL) as streamed:
+            assert not streamed.is_stream_consumed
+            assert b"".join([c async for c in streamed.aiter_bytes()]) == b"hello, " * 100
 
 
 # -- timeout ---------------------------------------------------------------------------

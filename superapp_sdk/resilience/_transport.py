@@ -11,7 +11,9 @@ unless the pipeline refused the call (``CircuitOpen``, ``BulkheadFull``) or the 
 passed (``OperationTimeout``).
 
 Response bodies are read inside each try, under its timeout, so an answer is judged
-whole; the transport is meant for API calls, not for streaming large downloads.
+whole; the transport is meant for API calls, not for streaming large downloads. The
+response handed back carries the body as it came off the wire, unread: the client decodes
+it, closes it and sets ``elapsed`` exactly as it does for a response from the network.
 
 Non-idempotent requests (POST, PATCH) are retried only when they carry an
 ``Idempotency-Key`` header, or when the error proves the request never left (a refused
@@ -107,12 +109,15 @@ class ResilientTransport(httpx.BaseTransport):
                 response = inner.handle_request(request)
                 # The body is read inside the try, under its timeout: an answer is judged
                 # (and its latency measured) whole, and a stall mid-body is retried.
-                response.read()
+                stream = response.stream
+                assert isinstance(stream, httpx.SyncByteStream)
+                try:
+                    body = b"".join(stream)
+                finally:
+                    stream.close()
             except httpx.TransportError as exc:
                 raise _mark(exc, retryable) from None
-            finally:
-                if "response" in locals():
-                    response.close()
+            response.stream = httpx.ByteStream(body)
             if response.status_code in statuses:
                 raise FailedResponse(response, retryable=retryable)
             return response
@@ -153,7 +158,12 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
             _with_timeout(request, ctx)
             try:
                 response = await inner.handle_async_request(request)
-                await response.aread()
+                stream = response.stream
+                assert isinstance(stream, httpx.AsyncByteStream)
+                try:
+                    body = b"".join([chunk async for chunk in stream])
+                finally:
+                    await stream.aclose()
             except httpx.TransportError as exc:
                 raise _mark(exc, retryable) from None
             except asyncio.CancelledError as exc:
@@ -162,9 +172,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
                 if not retryable:
                     setattr(exc, NO_RETRY_ATTR, True)
                 raise
-            finally:
-                if "response" in locals():
-                    await response.aclose()
+            response.stream = httpx.ByteStream(body)
             if response.status_code in statuses:
                 raise FailedResponse(response, retryable=retryable)
             return response
