@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 import tenacity
+from hypothesis import given
+from hypothesis import strategies as st
 
 from superapp_sdk._errors import CircuitOpen, NoAnswer, OperationTimeout, ProviderConnectError
 from superapp_sdk.core.breaker import BreakerOptions, BreakerState
@@ -364,9 +367,10 @@ def test_adaptive_timeout_without_breaker_recovers_when_the_provider_slows_down(
         except OperationTimeout:
             answered.append(False)
     assert all(answered[-100:])
-    # Back-off lets one try in four through; the tracker refreshes its percentiles every
-    # 16 samples, so the new latency is learned within ~16 of those successes.
-    assert answered.count(False) <= 16 * 3
+    # Back-off lets one try in four through; a sample above the p99 refreshes the
+    # tracker's percentiles at once, so the new latency is the p99 after the few successes
+    # that fill the top 1% (2 here: 102 samples), not after a periodic refresh.
+    assert answered.count(False) <= 3 * 3
 
 
 def test_breaker_probe_relearns_the_latency_of_a_slowed_provider() -> None:
@@ -431,3 +435,49 @@ def test_timeout_backs_off_after_timeouts_in_a_row_and_resets_on_success() -> No
     assert max(seen) <= 1.0
     p.call(lambda ctx: clock.advance(0.01))
     assert t.current() == learned
+
+
+# -- the latency tracker ---------------------------------------------------------------
+
+
+@given(
+    size=st.integers(1, 40),
+    refresh_every=st.integers(1, 70),
+    samples=st.lists(st.floats(0, 10, allow_nan=False) | st.sampled_from([-1.0, math.inf])),
+    q=st.floats(0.01, 1.0),
+)
+def test_tracker_percentiles_match_the_last_samples_when_refreshed(
+    size: int, refresh_every: int, samples: list[float], q: float
+) -> None:
+    """Percentiles are nearest-rank over the last ``size`` valid samples whenever
+    ``version`` says they were refreshed; invalid samples are ignored."""
+    tracker = LatencyTracker(size, refresh_every=refresh_every)
+    valid: list[float] = []
+    seen_version = tracker.version
+    for value in samples:
+        tracker.record(value)
+        if value >= 0 and math.isfinite(value):
+            valid.append(value)
+        if tracker.version != seen_version:
+            seen_version = tracker.version
+            window = sorted(valid[-size:])
+            assert tracker.percentile(q) == window[max(1, math.ceil(q * len(window))) - 1]
+    assert tracker.samples() == min(len(valid), size)
+    assert tracker.count == len(valid)
+
+
+def test_tracker_rises_at_once_and_falls_within_refresh_every() -> None:
+    """A sample above the p99 refreshes at once; lower ones wait for the periodic refresh."""
+    tracker = LatencyTracker(100, refresh_every=64)
+    for _ in range(100):
+        tracker.record(0.02)
+    assert tracker.percentile(0.99) == 0.02
+    tracker.record(0.5)
+    tracker.record(0.5)
+    assert tracker.percentile(0.99) == 0.5
+    for i in range(63):
+        tracker.record(0.01)
+        assert tracker.percentile(0.5) == 0.02, i  # quicker samples wait
+    tracker.record(0.01)  # the 64th since the last refresh
+    assert tracker.percentile(0.5) == 0.01
+    assert tracker.percentile(0.99) == 0.5  # both slow samples are still in the ring

@@ -34,7 +34,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-from superapp_sdk.core.windows import CountWindow, SlidingWindow, TimeWindow, WindowTotals
+from superapp_sdk.core.windows import CountWindow, SlidingWindow, TimeWindow
 
 __all__ = [
     "BreakerMachine",
@@ -184,6 +184,9 @@ class BreakerMetrics:
     consecutive_opens: int
 
 
+_FREE_STATES = frozenset({BreakerState.CLOSED, BreakerState.DISABLED, BreakerState.METRICS_ONLY})
+
+
 class BreakerMachine:
     """The decisions of one circuit breaker; see the module docstring for the states.
 
@@ -201,6 +204,7 @@ class BreakerMachine:
         "_window",
         "changes",
         "consecutive_opens",
+        "free_permit",
         "name",
         "open_until",
         "options",
@@ -227,6 +231,12 @@ class BreakerMachine:
         self._epoch = 0
         self._closed_permit = Permit(0, probe=False)
         self._probe_permit = Permit(0, probe=True)
+        #: The permit every call gets in the current state without a decision (closed,
+        #: disabled, metrics-only), or ``None`` when admission must go through
+        #: :meth:`acquire`. A shell may hand it out without its lock: a call admitted
+        #: just as another thread changes the state carries the old epoch, and its
+        #: result is ignored, as for a call admitted just before the change.
+        self.free_permit: Permit | None = self._closed_permit
         self._probes_left = 0
         self._probe_successes = 0
 
@@ -285,11 +295,11 @@ class BreakerMachine:
 
     def on_success(self, permit: Permit, duration: float, now: float) -> None:
         """Record a call that succeeded (it may still have been slow)."""
-        self._record(permit, False, duration, now)
+        self.record(permit, False, duration, now)
 
     def on_failure(self, permit: Permit, duration: float, now: float) -> None:
         """Record a call that failed in a way the caller classified as a failure."""
-        self._record(permit, True, duration, now)
+        self.record(permit, True, duration, now)
 
     def release(self, permit: Permit) -> None:
         """Hand back a permit without a result (cancelled, or an unclassified error).
@@ -299,7 +309,9 @@ class BreakerMachine:
         if permit.probe and permit.epoch == self._epoch and self.state is BreakerState.HALF_OPEN:
             self._probes_left = min(self._probes_left + 1, self.options.half_open_probes)
 
-    def _record(self, permit: Permit, failed: bool, duration: float, now: float) -> None:
+    def record(self, permit: Permit, failed: bool, duration: float, now: float) -> None:
+        """Record the result of a call made with ``permit``: :meth:`on_failure` when
+        ``failed``, else :meth:`on_success`."""
         if permit.epoch != self._epoch:
             return  # admitted under an earlier state; its result says nothing about now
         state = self.state
@@ -319,23 +331,18 @@ class BreakerMachine:
             return
         if state is BreakerState.DISABLED:
             return
-        window = self._window
-        window.record(failed, slow, now)
+        calls, failures, slowed = self._window.record(failed, slow, now)
         # Judged after successes too: the call that brings the window to
         # ``minimum_calls`` may be a success while the failures already reach the rate.
-        if state is BreakerState.CLOSED:
-            self._judge(window.totals(now), now)
-
-    def _judge(self, totals: WindowTotals, now: float) -> None:
-        opts = self.options
-        if totals.calls < opts.minimum_calls:
-            return
         # Compare the rates themselves: ``failures >= rate * calls`` misses the threshold
         # by rounding (7 of 25 calls is 0.28, but 0.28 * 25 == 7.000000000000001).
-        if totals.failure_rate >= opts.failure_rate:
-            self._open(now, f"failure rate {totals.failure_rate:.0%} over {totals.calls} calls")
-        elif totals.slow_rate >= opts.slow_call_rate:
-            self._open(now, f"slow-call rate {totals.slow_rate:.0%} over {totals.calls} calls")
+        opts = self.options
+        if state is not BreakerState.CLOSED or calls < opts.minimum_calls:
+            return
+        if (rate := failures / calls) >= opts.failure_rate:
+            self._open(now, f"failure rate {rate:.0%} over {calls} calls")
+        elif (rate := slowed / calls) >= opts.slow_call_rate:
+            self._open(now, f"slow-call rate {rate:.0%} over {calls} calls")
 
     # -- manual control ----------------------------------------------------------------
 
@@ -408,6 +415,7 @@ class BreakerMachine:
         self._epoch += 1
         self._closed_permit = Permit(self._epoch, probe=False)
         self._probe_permit = Permit(self._epoch, probe=True)
+        self.free_permit = self._closed_permit if new in _FREE_STATES else None
         if new is not BreakerState.HALF_OPEN:
             self._probes_left = 0
         if old is not new:

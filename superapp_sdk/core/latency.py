@@ -8,6 +8,7 @@ good day.
 from __future__ import annotations
 
 import math
+from array import array
 
 __all__ = ["LatencyTracker"]
 
@@ -15,15 +16,24 @@ __all__ = ["LatencyTracker"]
 class LatencyTracker:
     """The last ``size`` latencies (seconds) and percentiles over them.
 
-    Percentiles are computed from a sorted copy that is refreshed at most every
-    ``refresh_every`` new samples, so reading one is O(1) on the hot path and recording
-    is O(1) amortised.
+    Percentiles are computed from a sorted copy, so reading one is O(1) on the hot path.
+    The copy is refreshed after ``refresh_every`` new samples, and at once when a sample
+    is above the current p99: percentiles rise as soon as a provider slows down and fall
+    back within ``refresh_every`` samples once it is quick again (the asymmetry of TCP's
+    retransmission timer). The samples are kept in one contiguous array of doubles.
+
+    Why not refresh more often: between calls that waited on the network, a sort finds
+    none of the samples in the CPU's caches. Measured over loopback HTTP (interleaved
+    calls, client CPU time), sorting every 16 samples cost about a quarter of the whole
+    pipeline's per-call overhead; a refresh every 64 samples plus at each sample above
+    the p99 (about 1 in 100 while latency is steady) costs a few percent of it.
     """
 
     __slots__ = (
         "_dirty",
         "_next",
         "_ring",
+        "_rise_above",
         "_sorted",
         "count",
         "refresh_every",
@@ -31,16 +41,17 @@ class LatencyTracker:
         "version",
     )
 
-    def __init__(self, size: int = 256, *, refresh_every: int = 16) -> None:
+    def __init__(self, size: int = 256, *, refresh_every: int = 64) -> None:
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size!r}")
         if refresh_every < 1:
             raise ValueError(f"refresh_every must be >= 1, got {refresh_every!r}")
         self.size = size
         self.refresh_every = refresh_every
-        self._ring: list[float] = []
+        self._ring = array("d")
         self._next = 0
         self._sorted: list[float] = []
+        self._rise_above = math.inf
         self._dirty = 0
         #: Samples recorded in total (not only those still in the ring).
         self.count = 0
@@ -51,15 +62,21 @@ class LatencyTracker:
         """Add one latency sample; negative or non-finite values are ignored."""
         if not (seconds >= 0 and math.isfinite(seconds)):
             return
-        if len(self._ring) < self.size:
-            self._ring.append(seconds)
+        ring = self._ring
+        if len(ring) < self.size:
+            ring.append(seconds)
         else:
-            self._ring[self._next] = seconds
+            ring[self._next] = seconds
             self._next = (self._next + 1) % self.size
         self.count += 1
         self._dirty += 1
-        if self._dirty >= self.refresh_every or len(self._ring) <= self.refresh_every:
-            self._sorted = sorted(self._ring)
+        if (
+            self._dirty >= self.refresh_every
+            or seconds > self._rise_above
+            or len(ring) <= self.refresh_every
+        ):
+            self._sorted = ordered = sorted(ring)
+            self._rise_above = ordered[math.ceil(0.99 * len(ordered)) - 1]
             self._dirty = 0
             self.version += 1
 
@@ -79,8 +96,9 @@ class LatencyTracker:
 
     def reset(self) -> None:
         """Forget every sample."""
-        self._ring.clear()
+        self._ring = array("d")
         self._sorted = []
+        self._rise_above = math.inf
         self._next = self._dirty = self.count = 0
         self.version += 1
 

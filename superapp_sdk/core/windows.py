@@ -39,8 +39,10 @@ class WindowTotals:
 class SlidingWindow(Protocol):
     """What the breaker needs from a window."""
 
-    def record(self, failed: bool, slow: bool, now: float) -> None:
-        """Add one call outcome."""
+    def record(self, failed: bool, slow: bool, now: float) -> tuple[int, int, int]:
+        """Add one call outcome; return ``(calls, failures, slow)`` inside the window at
+        ``now`` after it (what the breaker judges on every call, without building a
+        :class:`WindowTotals`)."""
         ...
 
     def totals(self, now: float) -> WindowTotals:
@@ -67,8 +69,8 @@ class CountWindow:
         self._failures = 0
         self._slow = 0
 
-    def record(self, failed: bool, slow: bool, now: float) -> None:
-        """Add one call outcome, evicting the oldest when full."""
+    def record(self, failed: bool, slow: bool, now: float) -> tuple[int, int, int]:
+        """Add one call outcome, evicting the oldest when full; return the totals."""
         code = (_FAILED if failed else 0) | (_SLOW if slow else 0)
         i = self._next
         if self._calls == self.size:
@@ -81,6 +83,7 @@ class CountWindow:
         self._failures += code & _FAILED
         self._slow += (code & _SLOW) >> 1
         self._next = i + 1 if i + 1 < self.size else 0
+        return self._calls, self._failures, self._slow
 
     def totals(self, now: float) -> WindowTotals:
         """The last ``size`` outcomes."""
@@ -144,7 +147,12 @@ class BucketCounter:
 
     def add(self, now: float, field: int = 0, amount: int = 1) -> None:
         """Add ``amount`` to counter ``field`` at time ``now``."""
-        self._bucket(now)[field] += amount
+        epoch = int(now // self.width)
+        i = epoch % self.buckets
+        if self._epochs[i] != epoch:  # _bucket(), inlined: this runs on every call
+            self._expire(epoch)
+            self._epochs[i] = epoch
+        self._sums[i][field] += amount
         self._totals[field] += amount
 
     def total(self, now: float, field: int = 0) -> int:
@@ -175,10 +183,12 @@ class TimeWindow:
         n = buckets if buckets is not None else max(1, min(120, math.ceil(seconds)))
         self._counter = BucketCounter(seconds, n, fields=3)
 
-    def record(self, failed: bool, slow: bool, now: float) -> None:
-        """Add one call outcome at ``now``."""
-        bucket = self._counter._bucket(now)
-        totals = self._counter._totals
+    def record(self, failed: bool, slow: bool, now: float) -> tuple[int, int, int]:
+        """Add one call outcome at ``now``; return the totals of the window ending then."""
+        c = self._counter
+        c._expire(int(now // c.width))  # at once unless ``now`` is in a new bucket
+        bucket = c._bucket(now)
+        totals = c._totals
         bucket[0] += 1
         totals[0] += 1
         if failed:
@@ -187,6 +197,8 @@ class TimeWindow:
         if slow:
             bucket[2] += 1
             totals[2] += 1
+        calls, failures, slowed = totals
+        return calls, failures, slowed
 
     def totals(self, now: float) -> WindowTotals:
         """The outcomes of the last ``seconds`` before ``now``."""

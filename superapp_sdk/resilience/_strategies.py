@@ -15,6 +15,7 @@ import concurrent.futures
 import functools
 import random
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -344,7 +345,8 @@ class CircuitBreaker(_Bound):
         return self.machine.state
 
     def _now(self) -> float:
-        return _timer(self.host, self.timer).monotonic()
+        timer = self.timer  # the pipeline's once bound
+        return timer.monotonic() if timer is not None else time.monotonic()
 
     def _flush(self) -> None:
         if self.machine.changes:
@@ -353,9 +355,14 @@ class CircuitBreaker(_Bound):
             for change in changes:
                 self._emit(change)
 
-    def acquire(self, ctx: CallContext, *, probe: bool | None = None) -> Any:
-        """Take a permit or raise :class:`CircuitOpen` (for drivers outside a pipeline)."""
-        now = self._now()
+    def _admit(self, ctx: CallContext, probe: bool | None) -> tuple[Any, float]:
+        """Take a permit (or raise :class:`CircuitOpen`); also return the time it was
+        taken, which is when the call starts."""
+        timer = self.timer  # the pipeline's, once bound
+        now = timer.monotonic() if timer is not None else time.monotonic()
+        permit = self.machine.free_permit
+        if permit is not None:  # closed: nothing to decide, no lock to take
+            return permit, now
         allow_probe = not self.background_probe if probe is None else probe
         with self._lock:
             permit = self.machine.acquire(now, probe=allow_probe)
@@ -371,25 +378,30 @@ class CircuitBreaker(_Bound):
                 retry_after=retry_after,
                 request_sent=False,
             )
-        return permit
+        return permit, now
+
+    def acquire(self, ctx: CallContext, *, probe: bool | None = None) -> Any:
+        """Take a permit or raise :class:`CircuitOpen` (for drivers outside a pipeline)."""
+        return self._admit(ctx, probe)[0]
 
     def settle(self, permit: Any, start: float, exc: BaseException | None) -> None:
         """Record the result of a call made with ``permit``."""
-        end = self._now()
+        timer = self.timer
+        end = timer.monotonic() if timer is not None else time.monotonic()
+        machine = self.machine
         with self._lock:
             if exc is None:
-                self.machine.on_success(permit, end - start, end)
+                machine.record(permit, False, end - start, end)
             elif isinstance(exc, Exception) and self.failure_on(exc):
-                self.machine.on_failure(permit, end - start, end)
+                machine.record(permit, True, end - start, end)
             else:
-                self.machine.release(permit)
-        if self.machine.changes:
+                machine.release(permit)
+        if machine.changes:
             self._flush()
 
     def run(self, ctx: CallContext, nxt: SyncNext) -> Any:
         """Run the rest if the breaker admits the call; record its result."""
-        permit = self.acquire(ctx, probe=ctx.probe)
-        start = self._now()
+        permit, start = self._admit(ctx, ctx.probe)
         try:
             result = nxt(ctx)
         except BaseException as exc:
@@ -401,8 +413,7 @@ class CircuitBreaker(_Bound):
     async def arun(self, ctx: CallContext, nxt: AsyncNext) -> Any:
         """Await the rest if the breaker admits the call; record its result. A cancelled
         call gives its half-open permit back."""
-        permit = self.acquire(ctx, probe=ctx.probe)
-        start = self._now()
+        permit, start = self._admit(ctx, ctx.probe)
         try:
             result = await nxt(ctx)
         except BaseException as exc:
@@ -635,13 +646,10 @@ class Retry(_Bound):
             return self.retry_on_last_resort(exc)
         return self.retry_on(exc)
 
-    def _deposit(self) -> None:
-        if self.budget is not None:
-            self.budget.deposit(_timer(self.host, self.timer).monotonic())
-
     def run(self, ctx: CallContext, nxt: SyncNext) -> Any:
         """Run the rest; on a retryable failure, retry under tenacity."""
-        self._deposit()
+        if (budget := self.budget) is not None:
+            budget.deposit((self.timer or _timer(self.host, None)).monotonic())
         try:
             return nxt(ctx)
         except Exception as exc:
@@ -663,7 +671,8 @@ class Retry(_Bound):
 
     async def arun(self, ctx: CallContext, nxt: AsyncNext) -> Any:
         """Await the rest; on a retryable failure, retry under tenacity's async loop."""
-        self._deposit()
+        if (budget := self.budget) is not None:
+            budget.deposit((self.timer or _timer(self.host, None)).monotonic())
         try:
             return await nxt(ctx)
         except Exception as exc:
@@ -751,7 +760,7 @@ class Timeout(_Bound):
         self.floor = floor
         self.min_samples = min_samples
         self.backoff_after = backoff_after
-        self._cached: tuple[int, float] = (-1, seconds)
+        self._cached: tuple[LatencyTracker | None, int, float] = (None, -1, seconds)
         self._timeouts_in_a_row = 0
 
     def current(self, latency: LatencyTracker | None = None) -> float:
@@ -766,25 +775,38 @@ class Timeout(_Bound):
         tracker = latency if latency is not None else (self.host.latency if self.host else None)
         if not self.adaptive or tracker is None:
             return self.seconds
-        # Checked before the cache: the sample count grows between refreshes of the
-        # tracker's sorted copy (its version), and min_samples may be reached in between.
+        cached_for, version, value = self._cached
+        if cached_for is tracker and version == tracker.version:
+            return value
+        # Not cached below min_samples: the sample count grows between refreshes of the
+        # tracker's sorted copy (its version), so min_samples may be reached in between.
+        # Once reached it holds until a reset, which changes the version.
         if tracker.samples() < self.min_samples:
             return self.seconds
-        version, value = self._cached
-        if version == tracker.version:
-            return value
         p = tracker.percentile(self.percentile)
         assert p is not None
         value = min(self.seconds, max(self.floor, p * self.multiplier))
-        self._cached = (tracker.version, value)
+        self._cached = (tracker, tracker.version, value)
         return value
 
     def _prepare(self, ctx: CallContext) -> tuple[float, float]:
         assert self.host is not None
-        now = self.host.timer.monotonic()
+        host = self.host
+        now = host.timer.monotonic()
         # A probe tests whether the provider answers at all: it gets the configured
         # maximum, or a slowed-down provider could never prove it is alive again.
-        t = self.seconds if ctx.probe else self.current()
+        if ctx.probe:
+            t = self.seconds
+        else:
+            cached_for, version, t = self._cached
+            # The common case, read here without current()'s calls: the learned value is
+            # still fresh and no timeout in a row asks for a back-off.
+            if not (
+                cached_for is host.latency
+                and version == cached_for.version
+                and self._timeouts_in_a_row < self.backoff_after
+            ):
+                t = self.current()
         if ctx.max_timeout is not None:
             t = min(t, ctx.max_timeout)
         if ctx.deadline is not None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection
-from typing import Any
 
 import httpx
 
@@ -54,13 +53,19 @@ class FailedResponse(NoAnswer):
 
 
 def _with_timeout(request: httpx.Request, ctx: CallContext) -> None:
-    if ctx.timeout is None:
+    # Each phase gets the shorter of the client's timeout and the try's; written out
+    # rather than looped, as it runs on every try.
+    t = ctx.timeout
+    if t is None:
         return
-    current: dict[str, Any] = dict(request.extensions.get("timeout") or {})
-    for phase in ("connect", "read", "write", "pool"):
-        value = current.get(phase)
-        current[phase] = ctx.timeout if value is None else min(value, ctx.timeout)
-    request.extensions["timeout"] = current
+    get = (request.extensions.get("timeout") or {}).get
+    connect, read, write, pool = get("connect"), get("read"), get("write"), get("pool")
+    request.extensions["timeout"] = {
+        "connect": t if connect is None or connect > t else connect,
+        "read": t if read is None or read > t else read,
+        "write": t if write is None or write > t else write,
+        "pool": t if pool is None or pool > t else pool,
+    }
 
 
 def _retryable(request: httpx.Request) -> bool:
