@@ -123,7 +123,12 @@ class Deadline(_Bound):
 
     def run(self, ctx: CallContext, nxt: SyncNext) -> Any:
         """Set the deadline, then run the rest."""
-        self._start(ctx)
+        # _start(), written out: every function the healthy path enters costs there,
+        # as it mostly runs with cold CPU caches between network calls.
+        assert self.host is not None
+        mine = self.host.timer.monotonic() + self.seconds
+        if ctx.deadline is None or mine < ctx.deadline:
+            ctx.deadline = mine
         return nxt(ctx)
 
     async def arun(self, ctx: CallContext, nxt: AsyncNext) -> Any:
@@ -408,13 +413,29 @@ class CircuitBreaker(_Bound):
 
     def run(self, ctx: CallContext, nxt: SyncNext) -> Any:
         """Run the rest if the breaker admits the call; record its result."""
-        permit, start = self._admit(ctx, ctx.probe)
+        # A closed breaker's admission, written out (see Deadline.run).
+        timer = self.timer
+        permit = self.machine.free_permit
+        if permit is not None and timer is not None:
+            start = timer.monotonic()
+        else:
+            permit, start = self._admit(ctx, ctx.probe)
         try:
             result = nxt(ctx)
         except BaseException as exc:
             self.settle(permit, start, exc)
             raise
-        self.settle(permit, start, None)
+        # settle() of a success, written out.
+        end = timer.monotonic() if timer is not None else time.monotonic()
+        machine = self.machine
+        lock = self._lock
+        lock.acquire()
+        try:
+            machine.record(permit, False, end - start, end)
+        finally:
+            lock.release()
+        if machine.changes:
+            self._flush()
         return result
 
     async def arun(self, ctx: CallContext, nxt: AsyncNext) -> Any:
@@ -800,26 +821,19 @@ class Timeout(_Bound):
         self._cached = (tracker, tracker.version, value)
         return value
 
-    def _prepare(self, ctx: CallContext) -> tuple[float, float]:
-        assert self.host is not None
-        host = self.host
-        now = host.timer.monotonic()
+    def _limit(self, ctx: CallContext) -> float:
+        """This try's timeout, before the deadline shortens it."""
         # A probe tests whether the provider answers at all: it gets the configured
         # maximum, or a slowed-down provider could never prove it is alive again.
-        if ctx.probe:
-            t = self.seconds
-        else:
-            cached_for, version, t = self._cached
-            # The common case, read here without current()'s calls: the learned value is
-            # still fresh and no timeout in a row asks for a back-off.
-            if not (
-                cached_for is host.latency
-                and version == cached_for.version
-                and self._timeouts_in_a_row < self.backoff_after
-            ):
-                t = self.current()
+        t = self.seconds if ctx.probe else self.current()
         if ctx.max_timeout is not None:
             t = min(t, ctx.max_timeout)
+        return t
+
+    def _prepare(self, ctx: CallContext) -> tuple[float, float]:
+        assert self.host is not None
+        now = self.host.timer.monotonic()
+        t = self._limit(ctx)
         if ctx.deadline is not None:
             t = min(t, max(0.0, ctx.deadline - now))
         ctx.timeout = t
@@ -827,7 +841,23 @@ class Timeout(_Bound):
 
     def run(self, ctx: CallContext, nxt: SyncNext) -> Any:
         """Give the try its timeout; record the latency of a success."""
-        t, start = self._prepare(ctx)
+        host = self.host
+        assert host is not None
+        start = host.timer.monotonic()
+        # _prepare(), written out for the common case (see Deadline.run): a user call,
+        # the learned timeout still fresh, no timeouts in a row asking for a back-off.
+        cached_for, version, t = self._cached
+        if (
+            ctx.probe
+            or ctx.max_timeout is not None
+            or cached_for is not host.latency
+            or version != cached_for.version
+            or self._timeouts_in_a_row >= self.backoff_after
+        ):
+            t = self._limit(ctx)
+        if ctx.deadline is not None:
+            t = min(t, max(0.0, ctx.deadline - start))
+        ctx.timeout = t
         if t <= 0:
             raise OperationTimeout(
                 "deadline passed before the try", operation=ctx.operation or None
@@ -837,7 +867,9 @@ class Timeout(_Bound):
         except (TimeoutError, httpx.TimeoutException):
             self._timeouts_in_a_row += 1
             raise
-        self._succeeded(start)
+        # _succeeded(), written out.
+        self._timeouts_in_a_row = 0
+        host.latency.record(host.timer.monotonic() - start)
         return result
 
     def _succeeded(self, start: float) -> None:

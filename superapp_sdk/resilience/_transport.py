@@ -102,7 +102,7 @@ class ResilientTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` through the pipeline."""
-        retryable = _retryable(request)
+        retryable = request.method in IDEMPOTENT_METHODS or "idempotency-key" in request.headers
         if retryable and not isinstance(request.stream, httpx.ByteStream):
             request.read()  # a retry must be able to send the body again
         inner = self.transport
