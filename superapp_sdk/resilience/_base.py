@@ -96,7 +96,15 @@ class CallContext:
         "timeout",
     )
 
-    def __init__(self, operation: str = "", deadline: float | None = None) -> None:
+    def __init__(
+        self,
+        operation: str = "",
+        deadline: float | None = None,
+        *,
+        probe: bool | None = None,
+        max_timeout: float | None = None,
+        last_resort: bool = False,
+    ) -> None:
         self._fn: Callable[[CallContext], Any] | None = None
         self._afn: Callable[[CallContext], Awaitable[Any]] | None = None
         self.operation = operation
@@ -104,9 +112,9 @@ class CallContext:
         self.timeout: float | None = None
         self.attempt = 1
         self.hedged = False
-        self.probe: bool | None = None
-        self.max_timeout: float | None = None
-        self.last_resort = False
+        self.probe = probe
+        self.max_timeout = max_timeout
+        self.last_resort = last_resort
 
     def remaining(self, now: float) -> float | None:
         """Seconds left before the deadline, or ``None`` without one."""

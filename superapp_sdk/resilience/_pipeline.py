@@ -122,10 +122,7 @@ class Pipeline:
             max_timeout: a cap on the per-try timeout (a short probe timeout).
             last_resort: False when a router has another provider to fail over to.
         """
-        ctx = CallContext(operation)
-        ctx.probe = probe
-        ctx.max_timeout = max_timeout
-        ctx.last_resort = last_resort
+        ctx = CallContext(operation, probe=probe, max_timeout=max_timeout, last_resort=last_resort)
         ctx._fn = fn
         return self._sync(ctx)  # type: ignore[no-any-return]
 
@@ -139,10 +136,7 @@ class Pipeline:
         last_resort: bool = True,
     ) -> T:
         """Await ``fn`` through the pipeline (arguments as for :meth:`call`)."""
-        ctx = CallContext(operation)
-        ctx.probe = probe
-        ctx.max_timeout = max_timeout
-        ctx.last_resort = last_resort
+        ctx = CallContext(operation, probe=probe, max_timeout=max_timeout, last_resort=last_resort)
         ctx._afn = fn
         return await self._async(ctx)  # type: ignore[no-any-return]
 
