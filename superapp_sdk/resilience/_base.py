@@ -100,7 +100,6 @@ class CallContext:
         self,
         operation: str = "",
         deadline: float | None = None,
-        *,
         probe: bool | None = None,
         max_timeout: float | None = None,
         last_resort: bool = False,

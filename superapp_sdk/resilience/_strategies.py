@@ -643,6 +643,10 @@ class Retry(_Bound):
         self._retrying: tenacity.Retrying | None = None
         self._asyncer: tenacity.AsyncRetrying | None = None
 
+    def _now(self) -> float:
+        timer = self.timer or (self.host.timer if self.host is not None else None)
+        return timer.monotonic() if timer is not None else time.monotonic()
+
     def _kwargs(self) -> dict[str, Any]:
         timer = _timer(self.host, self.timer)
         stops: list[tenacity.stop.stop_base] = [
@@ -681,7 +685,9 @@ class Retry(_Bound):
     def run(self, ctx: CallContext, nxt: SyncNext) -> Any:
         """Run the rest; on a retryable failure, retry under tenacity."""
         if (budget := self.budget) is not None:
-            budget.deposit((self.timer or _timer(self.host, None)).monotonic())
+            # _now(), written out (see Deadline.run).
+            timer = self.timer or (self.host.timer if self.host is not None else None)
+            budget.deposit(timer.monotonic() if timer is not None else time.monotonic())
         try:
             return nxt(ctx)
         except Exception as exc:
@@ -704,7 +710,7 @@ class Retry(_Bound):
     async def arun(self, ctx: CallContext, nxt: AsyncNext) -> Any:
         """Await the rest; on a retryable failure, retry under tenacity's async loop."""
         if (budget := self.budget) is not None:
-            budget.deposit((self.timer or _timer(self.host, None)).monotonic())
+            budget.deposit(self._now())
         try:
             return await nxt(ctx)
         except Exception as exc:

@@ -138,7 +138,7 @@ class ResilientTransport(httpx.BaseTransport):
             return response
 
         try:
-            return self.pipeline.call(attempt, operation=f"{request.method} {request.url.path}")
+            return self.pipeline.call(attempt, f"{request.method} {request.url.path}")
         except FailedResponse as failed:
             return failed.response
 
