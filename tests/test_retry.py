@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -421,3 +422,52 @@ def test_invalid_attempts_are_refused() -> None:
     """``attempts`` below 1 raises ValueError naming the field."""
     with pytest.raises(ValueError, match=r"Retry\.attempts must be >= 1"):
         Retry(0)
+
+
+def test_shared_budget_applies_buffered_deposits_before_a_withdrawal() -> None:
+    """Deposits wait in a buffer, yet a withdrawal sees every one made before it."""
+    shared = SharedBudget(RetryBudget(options=BudgetOptions(ratio=0.5, min_retries_per_second=0)))
+    assert not shared.try_withdraw(0.0)
+    for _ in range(4):  # fewer than FLUSH_EVERY: all still buffered
+        shared.deposit(0.5)
+    assert shared.balance(0.5) == 2.0
+    assert shared.try_withdraw(0.5)
+    assert shared.try_withdraw(0.5)
+    assert not shared.try_withdraw(0.5)
+
+
+def test_shared_budget_keeps_each_buffered_deposits_time() -> None:
+    """A deposit applied late still counts at the time it was made: it expires on time."""
+    options = BudgetOptions(ratio=1.0, min_retries_per_second=0, ttl_seconds=10)
+    shared = SharedBudget(RetryBudget(options=options))
+    shared.deposit(0.0)
+    shared.deposit(9.5)
+    assert shared.balance(9.5) == 2.0
+    assert shared.balance(10.5) == 1.0  # the first fell out of the window, applied or not
+
+
+def test_shared_budget_loses_no_deposit_across_threads() -> None:
+    """8 threads depositing at once: after flush() the budget holds every deposit, and
+    no more is buffered than one flush's worth per thread."""
+    options = BudgetOptions(ratio=1.0, min_retries_per_second=0)
+    shared = SharedBudget(RetryBudget(options=options))
+    barrier = threading.Barrier(8)
+    most_buffered: list[int] = []
+
+    def work() -> None:
+        barrier.wait()
+        most = 0
+        for _ in range(5_000):
+            shared.deposit(1.0)
+            most = max(most, len(shared._pending))
+        most_buffered.append(most)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(most_buffered) == 8
+    assert max(most_buffered) <= SharedBudget.FLUSH_EVERY + 8
+    shared.flush()
+    assert shared.budget.balance(1.0) == 40_000
