@@ -23,10 +23,10 @@ class LatencyTracker:
     retransmission timer). The samples are kept in one contiguous array of doubles.
 
     Why not refresh more often: between calls that waited on the network, a sort finds
-    none of the samples in the CPU's caches. Measured over loopback HTTP (interleaved
-    calls, client CPU time), sorting every 16 samples cost about a quarter of the whole
-    pipeline's per-call overhead; a refresh every 64 samples plus at each sample above
-    the p99 (about 1 in 100 while latency is steady) costs a few percent of it.
+    none of the samples in the CPU's caches. Measured over loopback HTTP (calls
+    interleaved with raw httpx, client CPU time), sorting every 16 samples cost 4-8 us of
+    the pipeline's 25-28 us a call; every 64 samples, a quarter of that. A sample above
+    the p99 comes about once in 100 while latency is steady.
     """
 
     __slots__ = (
