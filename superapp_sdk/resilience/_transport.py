@@ -109,17 +109,7 @@ class ResilientTransport(httpx.BaseTransport):
         statuses = self.failure_statuses
 
         def attempt(ctx: CallContext) -> httpx.Response:
-            if (t := ctx.timeout) is not None:
-                # _with_timeout(), written out: with cold CPU caches between network
-                # calls, every function this path enters costs about a microsecond.
-                get = (request.extensions.get("timeout") or {}).get
-                c, r, w, p = get("connect"), get("read"), get("write"), get("pool")
-                request.extensions["timeout"] = {
-                    "connect": t if c is None or c > t else c,
-                    "read": t if r is None or r > t else r,
-                    "write": t if w is None or w > t else w,
-                    "pool": t if p is None or p > t else p,
-                }
+            _with_timeout(request, ctx)
             try:
                 response = inner.handle_request(request)
                 # The body is read inside the try, under its timeout: an answer is judged
