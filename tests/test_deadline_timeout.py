@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 
 import pytest
 import tenacity
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from superapp_sdk._errors import CircuitOpen, NoAnswer, OperationTimeout, ProviderConnectError
@@ -481,3 +482,49 @@ def test_tracker_rises_at_once_and_falls_within_refresh_every() -> None:
     tracker.record(0.01)  # the 64th since the last refresh
     assert tracker.percentile(0.5) == 0.01
     assert tracker.percentile(0.99) == 0.5  # both slow samples are still in the ring
+
+
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.floats(0.001, 0.3),
+            st.booleans(),
+            st.none() | st.floats(0.01, 2.0),
+            st.sampled_from([None, False, True]),
+        ),
+        max_size=120,
+    )
+)
+# Learned after 5 successes, then timeouts in a row until the back-off doubles it.
+@example(steps=[(0.05, False, None, None)] * 6 + [(0.05, True, None, None)] * 4)
+def test_sync_try_gets_the_timeout_current_gives(
+    steps: list[tuple[float, bool, float | None, bool | None]],
+) -> None:
+    """The sync path reads the learned timeout from its cache; whatever the history
+    (successes, timeouts in a row, probes, caps), a try gets what current() says."""
+    clock = FakeClock()
+    timeout = Timeout(1.0, min_samples=5, backoff_after=2, floor=0.01)
+    p = Pipeline(timeout, timer=clock, latency=LatencyTracker(32, refresh_every=4))
+    for latency, times_out, cap, probe in steps:
+        expected = timeout.seconds if probe else timeout.current()
+        if cap is not None:
+            expected = min(expected, cap)
+        seen: list[float | None] = []
+
+        def call(
+            ctx: CallContext,
+            latency: float = latency,
+            times_out: bool = times_out,
+            seen: list[float | None] = seen,
+        ) -> int:
+            seen.append(ctx.timeout)
+            assert ctx.timeout is not None
+            if times_out or latency >= ctx.timeout:
+                clock.advance(ctx.timeout)
+                raise OperationTimeout("read timed out")
+            clock.advance(latency)
+            return 1
+
+        with contextlib.suppress(OperationTimeout):
+            p.call(call, probe=probe, max_timeout=cap)
+        assert seen == [expected]
