@@ -16,7 +16,6 @@ import concurrent.futures
 import functools
 import random
 import threading
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -77,12 +76,8 @@ class _Bound:
             self.host.emit(event)
 
 
-def _timer(host: Host | None, own: Timer | None) -> Timer:
-    if own is not None:
-        return own
-    if host is not None:
-        return host.timer
-    return SystemTimer()
+def _timer(host: Host | None) -> Timer:
+    return host.timer if host is not None else SystemTimer()
 
 
 # -- deadline --------------------------------------------------------------------------
@@ -207,7 +202,7 @@ class Bulkhead(_Bound):
         ``max_wait``) is what bounds the wait."""
         if ctx.deadline is None:
             return self.max_wait, False
-        left = ctx.deadline - _timer(self.host, None).monotonic()
+        left = ctx.deadline - _timer(self.host).monotonic()
         if left < self.max_wait:
             return max(0.0, left), True
         return self.max_wait, False
@@ -284,6 +279,7 @@ class CircuitBreaker(_Bound):
 
     __slots__ = (
         "_lock",
+        "_own_timer",
         "background_probe",
         "failure_on",
         "host",
@@ -308,7 +304,9 @@ class CircuitBreaker(_Bound):
         self.machine = BreakerMachine(name or "breaker", options, rng=rng)
         self.failure_on = failure_on
         self.background_probe = background_probe
-        self.timer = timer
+        # The pipeline's timer replaces the default when bound, unless one was given.
+        self.timer: Timer = timer or SystemTimer()
+        self._own_timer = timer is not None
         self._lock = threading.Lock()
         #: Receive this breaker's events (besides its pipeline's listeners), however many
         #: pipelines share it.
@@ -325,7 +323,7 @@ class CircuitBreaker(_Bound):
         super().bind(host)
         if self.name is None:
             self.name = self.machine.name = host.name
-        if self.timer is None:
+        if not self._own_timer:
             self.timer = host.timer
 
     def on(self, listener: Callable[[Event], None]) -> None:
@@ -351,8 +349,7 @@ class CircuitBreaker(_Bound):
         return self.machine.state
 
     def _now(self) -> float:
-        timer = self.timer  # the pipeline's once bound
-        return timer.monotonic() if timer is not None else time.monotonic()
+        return self.timer.monotonic()
 
     def _flush(self) -> None:
         if self.machine.changes:
@@ -364,8 +361,7 @@ class CircuitBreaker(_Bound):
     def _admit(self, ctx: CallContext, probe: bool | None) -> tuple[Any, float]:
         """Take a permit (or raise :class:`CircuitOpen`); also return the time it was
         taken, which is when the call starts."""
-        timer = self.timer  # the pipeline's, once bound
-        now = timer.monotonic() if timer is not None else time.monotonic()
+        now = self.timer.monotonic()
         permit = self.machine.free_permit
         if permit is not None:  # closed: nothing to decide, no lock to take
             return permit, now
@@ -392,8 +388,7 @@ class CircuitBreaker(_Bound):
 
     def settle(self, permit: Any, start: float, exc: BaseException | None) -> None:
         """Record the result of a call made with ``permit``."""
-        timer = self.timer
-        end = timer.monotonic() if timer is not None else time.monotonic()
+        end = self.timer.monotonic()
         machine = self.machine
         lock = self._lock
         # acquire()/release() rather than ``with``: this runs on every call, mostly with
@@ -417,7 +412,7 @@ class CircuitBreaker(_Bound):
         # A closed breaker's admission, written out (see Deadline.run).
         timer = self.timer
         permit = self.machine.free_permit
-        if permit is not None and timer is not None:
+        if permit is not None:
             start = timer.monotonic()
         else:
             permit, start = self._admit(ctx, ctx.probe)
@@ -427,7 +422,7 @@ class CircuitBreaker(_Bound):
             self.settle(permit, start, exc)
             raise
         # settle() of a success, written out.
-        end = timer.monotonic() if timer is not None else time.monotonic()
+        end = timer.monotonic()
         machine = self.machine
         lock = self._lock
         lock.acquire()
@@ -640,6 +635,7 @@ class Retry(_Bound):
 
     __slots__ = (
         "_asyncer",
+        "_own_timer",
         "_retrying",
         "attempts",
         "budget",
@@ -669,17 +665,21 @@ class Retry(_Bound):
         self.wait = wait or tenacity.wait_random_exponential(multiplier=0.05, max=2.0)
         self.retry_on = retry_on
         self.retry_on_last_resort = retry_on_last_resort or retry_on
-        self.timer = timer
+        # The pipeline's timer replaces the default when bound, unless one was given.
+        self.timer: Timer = timer or SystemTimer()
+        self._own_timer = timer is not None
         self.budget_denied = 0
         self._retrying: tenacity.Retrying | None = None
         self._asyncer: tenacity.AsyncRetrying | None = None
 
-    def _now(self) -> float:
-        timer = self.timer or (self.host.timer if self.host is not None else None)
-        return timer.monotonic() if timer is not None else time.monotonic()
+    def bind(self, host: Host) -> None:
+        """Take the pipeline's timer unless given one."""
+        super().bind(host)
+        if not self._own_timer:
+            self.timer = host.timer
 
     def _kwargs(self) -> dict[str, Any]:
-        timer = _timer(self.host, self.timer)
+        timer = self.timer
         stops: list[tenacity.stop.stop_base] = [
             tenacity.stop_after_attempt(self.attempts),
             _StopAtDeadline(timer),
@@ -716,9 +716,7 @@ class Retry(_Bound):
     def run(self, ctx: CallContext, nxt: SyncNext) -> Any:
         """Run the rest; on a retryable failure, retry under tenacity."""
         if (budget := self.budget) is not None:
-            # _now(), written out (see Deadline.run).
-            timer = self.timer or (self.host.timer if self.host is not None else None)
-            budget.deposit(timer.monotonic() if timer is not None else time.monotonic())
+            budget.deposit(self.timer.monotonic())
         try:
             return nxt(ctx)
         except Exception as exc:
@@ -726,8 +724,7 @@ class Retry(_Bound):
                 raise
             first: list[BaseException] = [exc]
         if self._retrying is None:
-            timer = _timer(self.host, self.timer)
-            self._retrying = tenacity.Retrying(sleep=timer.sleep, **self._kwargs())
+            self._retrying = tenacity.Retrying(sleep=self.timer.sleep, **self._kwargs())
 
         def attempt(c: CallContext) -> Any:
             if first:
@@ -741,7 +738,7 @@ class Retry(_Bound):
     async def arun(self, ctx: CallContext, nxt: AsyncNext) -> Any:
         """Await the rest; on a retryable failure, retry under tenacity's async loop."""
         if (budget := self.budget) is not None:
-            budget.deposit(self._now())
+            budget.deposit(self.timer.monotonic())
         try:
             return await nxt(ctx)
         except Exception as exc:
@@ -749,8 +746,7 @@ class Retry(_Bound):
                 raise
             first: list[BaseException] = [exc]
         if self._asyncer is None:
-            timer = _timer(self.host, self.timer)
-            self._asyncer = tenacity.AsyncRetrying(sleep=timer.asleep, **self._kwargs())
+            self._asyncer = tenacity.AsyncRetrying(sleep=self.timer.asleep, **self._kwargs())
 
         async def attempt(c: CallContext) -> Any:
             if first:
