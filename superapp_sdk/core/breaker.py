@@ -249,11 +249,9 @@ class BreakerMachine:
         admitted only when the breaker is closed. Shells use this for user calls when a
         background prober tests a recovering provider, so no user waits on a dead one.
         """
+        if self.free_permit is not None:
+            return self.free_permit
         state = self.state
-        if state is BreakerState.CLOSED or state is BreakerState.DISABLED:
-            return self._closed_permit
-        if state is BreakerState.METRICS_ONLY:
-            return self._closed_permit
         if state is BreakerState.OPEN:
             assert self.open_until is not None
             if now < self.open_until or not probe:
@@ -287,9 +285,7 @@ class BreakerMachine:
 
     def is_call_permitted(self, now: float) -> bool:
         """True when ``acquire`` would admit a call now (does not change state)."""
-        if self.state in (BreakerState.CLOSED, BreakerState.DISABLED, BreakerState.METRICS_ONLY):
-            return True
-        return self.probe_due(now)
+        return self.free_permit is not None or self.probe_due(now)
 
     # -- results -----------------------------------------------------------------------
 

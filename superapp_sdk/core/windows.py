@@ -124,10 +124,12 @@ class BucketCounter:
         self._seen: int | None = None
 
     def _bucket(self, now: float) -> list[int]:
+        """``now``'s bucket, after expiring every bucket outside the window ending at
+        ``now`` (at once unless ``now`` entered another bucket)."""
         epoch = int(now // self.width)
+        self._expire(epoch)
         i = epoch % self.buckets
         if self._epochs[i] != epoch:
-            self._expire(epoch)
             self._epochs[i] = epoch
         return self._sums[i]
 
@@ -147,12 +149,7 @@ class BucketCounter:
 
     def add(self, now: float, field: int = 0, amount: int = 1) -> None:
         """Add ``amount`` to counter ``field`` at time ``now``."""
-        epoch = int(now // self.width)
-        i = epoch % self.buckets
-        if self._epochs[i] != epoch:  # _bucket(), inlined: this runs on every call
-            self._expire(epoch)
-            self._epochs[i] = epoch
-        self._sums[i][field] += amount
+        self._bucket(now)[field] += amount
         self._totals[field] += amount
 
     def total(self, now: float, field: int = 0) -> int:
@@ -186,7 +183,6 @@ class TimeWindow:
     def record(self, failed: bool, slow: bool, now: float) -> tuple[int, int, int]:
         """Add one call outcome at ``now``; return the totals of the window ending then."""
         c = self._counter
-        c._expire(int(now // c.width))  # at once unless ``now`` is in a new bucket
         bucket = c._bucket(now)
         totals = c._totals
         bucket[0] += 1
