@@ -106,12 +106,13 @@ def http_overhead(quick: bool) -> dict[str, Any]:
         ]
         for name in names
     }
-    ratio = {name: median(wall[name]) / median(wall[base]) for name in names}
+    med = {name: median(wall[name]) for name in names}
+    ratio = {name: med[name] / med[base] for name in names}
     cpu_us = {name: statistics.fmean(cpu[name]) * 1e6 for name in names}
     rows = [
         (
             name,
-            median(wall[name]) * 1e6,
+            med[name] * 1e6,
             ratio[name],
             min(spread[name]),
             max(spread[name]),
@@ -137,7 +138,7 @@ def http_overhead(quick: bool) -> dict[str, Any]:
     )
     return {
         "calls": calls,
-        "us_per_call": {k: median(v) * 1e6 for k, v in wall.items()},
+        "us_per_call": {k: v * 1e6 for k, v in med.items()},
         "ratio_to_raw": ratio,
         "ratio_spread": {k: [min(v), max(v)] for k, v in spread.items()},
         "client_cpu_us": cpu_us,
