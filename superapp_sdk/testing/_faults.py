@@ -28,7 +28,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypeAlias, assert_never
+from typing import Generic, Literal, Protocol, TypeAlias, TypeVar, assert_never
 
 import httpx
 
@@ -516,10 +516,20 @@ def _static_response(fault: Status | Malformed, request: httpx.Request) -> httpx
     )
 
 
-class _RecordView:
-    """What the sync and async fault transports report about the requests they saw."""
+_Inner = TypeVar("_Inner", httpx.BaseTransport, httpx.AsyncBaseTransport)
 
-    _record: _Recorder
+
+class _RecordView(Generic[_Inner]):
+    """What the sync and async fault transports share: the schedule, the inner transport,
+    the clock, and what they report about the requests they saw."""
+
+    def __init__(
+        self, schedule: ScheduleLike, inner: _Inner | None, clock: FakeClock | None, max_hang: float
+    ) -> None:
+        self._record = _Recorder(schedule, max_hang)
+        # MockTransport is both a sync and an async transport.
+        self._inner: _Inner = inner if inner is not None else httpx.MockTransport(_default_handler)
+        self._clock = clock
 
     @property
     def schedule(self) -> Schedule:
@@ -559,7 +569,7 @@ class _RecordView:
             return self._record.counts[kind]
 
 
-class FaultTransport(_RecordView, httpx.BaseTransport):
+class FaultTransport(_RecordView[httpx.BaseTransport], httpx.BaseTransport):
     """An :class:`httpx.BaseTransport` that injects faults into chosen requests.
 
     Args:
@@ -583,9 +593,7 @@ class FaultTransport(_RecordView, httpx.BaseTransport):
         clock: FakeClock | None = None,
         max_hang: float = 30.0,
     ) -> None:
-        self._record = _Recorder(schedule, max_hang)
-        self._inner = inner if inner is not None else httpx.MockTransport(_default_handler)
-        self._clock = clock
+        super().__init__(schedule, inner, clock, max_hang)
         self._closed = threading.Event()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -639,7 +647,7 @@ class FaultTransport(_RecordView, httpx.BaseTransport):
         return self._record.repr("FaultTransport")
 
 
-class AsyncFaultTransport(_RecordView, httpx.AsyncBaseTransport):
+class AsyncFaultTransport(_RecordView[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport):
     """The asyncio twin of :class:`FaultTransport`, for :class:`httpx.AsyncClient`.
 
     Same arguments, except ``inner`` is an async transport (``MockTransport``,
@@ -655,9 +663,7 @@ class AsyncFaultTransport(_RecordView, httpx.AsyncBaseTransport):
         clock: FakeClock | None = None,
         max_hang: float = 30.0,
     ) -> None:
-        self._record = _Recorder(schedule, max_hang)
-        self._inner = inner if inner is not None else httpx.MockTransport(_default_handler)
-        self._clock = clock
+        super().__init__(schedule, inner, clock, max_hang)
         self._closed = False
         self._closed_event: asyncio.Event | None = None
 
