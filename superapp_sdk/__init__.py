@@ -12,6 +12,7 @@ from superapp_sdk._app import (
 )
 from superapp_sdk._directory import Contact
 from superapp_sdk._errors import (
+    AlreadyExecuted,
     BudgetExhausted,
     BulkheadFull,
     CircuitOpen,
@@ -23,6 +24,7 @@ from superapp_sdk._errors import (
     NotApplicable,
     OfflineCapExceeded,
     OperationTimeout,
+    OutcomeUnknown,
     ProviderConnectError,
     ProviderError,
     ProviderRefused,
@@ -33,19 +35,21 @@ from superapp_sdk._errors import (
     Unauthorized,
     Unavailable,
 )
-from superapp_sdk._ops import IdentityPolicy, OfflinePolicy
+from superapp_sdk._ops import ChatPolicy, IdentityPolicy, NeedsReconciliation, OfflinePolicy
 from superapp_sdk._outcome import Attempt, Outcome, Via
 from superapp_sdk.capabilities._common import Capability, Money
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlreadyExecuted",
     "AsyncSuperApp",
     "Attempt",
     "BudgetExhausted",
     "BulkheadFull",
     "Capability",
     "CapabilityHealth",
+    "ChatPolicy",
     "CircuitOpen",
     "ConfigError",
     "Contact",
@@ -56,12 +60,14 @@ __all__ = [
     "IdentityPolicy",
     "InvalidRequest",
     "Money",
+    "NeedsReconciliation",
     "NoAnswer",
     "NotApplicable",
     "OfflineCapExceeded",
     "OfflinePolicy",
     "OperationTimeout",
     "Outcome",
+    "OutcomeUnknown",
     "ProviderConnectError",
     "ProviderError",
     "ProviderHealth",

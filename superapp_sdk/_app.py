@@ -23,7 +23,7 @@ import httpx
 from superapp_sdk import _ops
 from superapp_sdk._directory import Contact, Directory
 from superapp_sdk._errors import ConfigError, InvalidRequest, Unavailable
-from superapp_sdk._ops import IdentityPolicy, Invoke, OfflinePolicy, Op, State
+from superapp_sdk._ops import ChatPolicy, IdentityPolicy, Invoke, OfflinePolicy, Op, State
 from superapp_sdk._outcome import Outcome
 from superapp_sdk.capabilities._common import Capability, Provider
 from superapp_sdk.capabilities.chat import Message, MessageReceipt
@@ -206,9 +206,14 @@ class _Base:
         budget: BudgetOptions | None = None,
         outbox_policies: Mapping[str, OutboxPolicy] | None = None,
         identity_policy: IdentityPolicy | None = None,
+        chat_policy: ChatPolicy = ChatPolicy.FAIL_OVER,
         timer: Timer | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        if not isinstance(chat_policy, ChatPolicy):
+            raise ConfigError(
+                f"chat_policy must be a ChatPolicy, got {chat_policy!r}", key="chat_policy"
+            )
         if store is not None:
             raise ConfigError(
                 f"store={store!r}: only the embedded store (state_dir) is available in this "
@@ -258,6 +263,8 @@ class _Base:
             clock=self.timer,
             providers=providers,
             identity_policy=identity_policy or IdentityPolicy(),
+            chat_policy=chat_policy,
+            emit=self._emit,
         )
         detector = SharedDetector(FailureDomainDetector(domains, rng=rng), timer=self.timer)
         budgets: dict[str, SharedBudget] = {}
@@ -473,6 +480,9 @@ class SuperApp(_Base):
         timeouts, breaker, domains, budget: resilience options.
         outbox_policies: retry limits per queued operation.
         identity_policy: session and grace limits.
+        chat_policy: after a send of unknown outcome at a provider that cannot
+            deduplicate, deliver through the next channel (``FAIL_OVER``, the default)
+            or hold it (``HOLD``); see :class:`~superapp_sdk.ChatPolicy`.
         timer, rng: time and randomness (``FakeClock`` in tests).
     """
 
@@ -507,7 +517,7 @@ class SuperApp(_Base):
 
             return for_route
 
-        resolve = direct(eff.resolve, self.timeouts.read) if eff.resolve is not None else None
+        resolve = _lookup(eff, direct, self.timeouts.read)
         probe_build = _ops.default_probe(eff.capability)
         probe = direct(probe_build, None) if probe_build is not None else None
         return router.call(
@@ -518,6 +528,8 @@ class SuperApp(_Base):
             probe=probe,
             hedge=eff.hedge,
             providers=eff.providers,
+            once=eff.once,
+            ambiguous=eff.ambiguous,
         )
 
     def _run(self, op: Op[T]) -> T:
@@ -670,10 +682,44 @@ class _Payment(_Service):
             )
         )
 
-    def cancel(self, *, order_id: str, amount: int | None = None, reason: str) -> Outcome[Payment]:
-        """Refund the order, or ``amount`` of it, at the provider that charged it."""
+    def cancel(
+        self,
+        *,
+        order_id: str,
+        amount: int | None = None,
+        reason: str,
+        cancel_id: str | None = None,
+    ) -> Outcome[Payment]:
+        """Refund ``amount`` of the order, or all that remains (``amount=None``), at the
+        provider that charged it.
+
+        ``cancel_id`` keys the cancel like an idempotency key: a repeat with the same id
+        refunds once and answers the same. Without one, a cancel whose outcome is unknown
+        is settled by the provider's lookup before another cancel of the order is sent.
+
+        Raises:
+            InvalidRequest: nothing to cancel, or more than what remains.
+            IdempotencyConflict: ``cancel_id`` was used for another amount.
+            OutcomeUnknown: the cancel may have executed and its provider cannot say now.
+        """
         return self._app._run(
-            _ops.payment_cancel(self._st, order_id=order_id, amount=amount, reason=reason)
+            _ops.payment_cancel(
+                self._st, order_id=order_id, amount=amount, reason=reason, cancel_id=cancel_id
+            )
+        )
+
+    def reconcile(
+        self, ticket: str, *, executed: bool, by: str, provider_ref: str | None = None
+    ) -> Payment | None:
+        """Settle a payment held as *needs reconciliation* (see
+        :class:`~superapp_sdk.OutcomeUnknown`), after checking the provider's records.
+
+        ``executed=True`` records it as charged (``provider_ref`` when known): a repeat
+        of the charge returns it. ``executed=False`` releases the order, which may then
+        be charged again, at any provider. ``by`` names who decided; it is kept.
+        """
+        return _ops.payment_reconcile(
+            self._st, ticket=ticket, executed=executed, by=by, provider_ref=provider_ref
         )
 
     def status(self, order_id: str) -> Outcome[Payment]:
@@ -837,7 +883,7 @@ class AsyncSuperApp(_Base):
 
             return for_route
 
-        resolve = direct(eff.resolve, self.timeouts.read) if eff.resolve is not None else None
+        resolve = _lookup(eff, direct, self.timeouts.read)
         probe_build = _ops.default_probe(eff.capability)
         probe = direct(probe_build, None) if probe_build is not None else None
         return await router.acall(
@@ -848,6 +894,8 @@ class AsyncSuperApp(_Base):
             probe=probe,
             hedge=eff.hedge,
             providers=eff.providers,
+            once=eff.once,
+            ambiguous=eff.ambiguous,
         )
 
     async def _run(self, op: Op[T], *, offload: bool = True) -> T:
@@ -910,6 +958,20 @@ class AsyncSuperApp(_Base):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _lookup(eff: Invoke, direct: Callable[..., Any], timeout: float) -> Any:
+    """The router's ``resolve``: for each route, the lookup that settles an ambiguous
+    at-most-once write there, or ``None`` where that provider has none."""
+    build = eff.resolve
+    if build is None:
+        return None
+    at = direct(build, timeout)
+
+    def for_route(r: Route[Any]) -> Any:
+        return None if build(r.provider) is None else at(r)
+
+    return for_route
 
 
 def _advance(op: Op[Any], result: Any, exc: BaseException | None) -> tuple[bool, Any]:
@@ -1014,11 +1076,31 @@ class _AsyncPayment(_AsyncService):
         )
 
     async def cancel(
-        self, *, order_id: str, amount: int | None = None, reason: str
+        self,
+        *,
+        order_id: str,
+        amount: int | None = None,
+        reason: str,
+        cancel_id: str | None = None,
     ) -> Outcome[Payment]:
         """As :meth:`_Payment.cancel`."""
         return await self._app._run(
-            _ops.payment_cancel(self._st, order_id=order_id, amount=amount, reason=reason)
+            _ops.payment_cancel(
+                self._st, order_id=order_id, amount=amount, reason=reason, cancel_id=cancel_id
+            )
+        )
+
+    async def reconcile(
+        self, ticket: str, *, executed: bool, by: str, provider_ref: str | None = None
+    ) -> Payment | None:
+        """As :meth:`_Payment.reconcile`."""
+        return await asyncio.to_thread(
+            _ops.payment_reconcile,
+            self._st,
+            ticket=ticket,
+            executed=executed,
+            by=by,
+            provider_ref=provider_ref,
         )
 
     async def status(self, order_id: str) -> Outcome[Payment]:

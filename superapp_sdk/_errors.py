@@ -10,6 +10,8 @@ Errors are grouped by cause, so a caller can decide what to do from the class al
     │                                JSON, wrong types, a body over the size cap
     ├── ProviderRefused           the provider answered "no" (never fails over by itself)
     │   ├── Declined                 a business refusal: card declined, unknown recipient
+    │   │   └── AlreadyExecuted          "already done": an earlier try of this very
+    │   │                                request executed (its answer was lost)
     │   ├── Unauthorized             credentials or token rejected
     │   ├── InvalidRequest           the provider says the request is malformed
     │   └── RateLimited              429; carries ``retry_after``
@@ -21,6 +23,8 @@ Errors are grouped by cause, so a caller can decide what to do from the class al
     │   ├── NotApplicable            this provider cannot serve this call (no address
     │   │                            or billing key for the user there)
     │   └── OfflineCapExceeded       an offline allowance (voucher cap, grace scope) is spent
+    ├── OutcomeUnknown            an at-most-once write may or may not have executed at
+    │                             ``provider``; held, never sent again (``ticket``)
     ├── Unavailable               nothing could serve and the call cannot be deferred;
     │                             carries every ``Attempt``
     ├── ConfigError               invalid configuration (also ValueError)
@@ -40,6 +44,7 @@ if TYPE_CHECKING:
     from superapp_sdk._outcome import Attempt
 
 __all__ = [
+    "AlreadyExecuted",
     "BudgetExhausted",
     "BulkheadFull",
     "CircuitOpen",
@@ -51,6 +56,7 @@ __all__ = [
     "NotApplicable",
     "OfflineCapExceeded",
     "OperationTimeout",
+    "OutcomeUnknown",
     "ProviderConnectError",
     "ProviderError",
     "ProviderRefused",
@@ -158,6 +164,13 @@ class Declined(ProviderRefused):
     """
 
 
+class AlreadyExecuted(Declined):
+    """The provider says this request was already executed (KakaoPay -702 "already
+    approved", LINE 409 for a repeated retry key): an earlier try whose answer was lost
+    went through. The SDK settles it with a lookup at that provider, never by failing
+    over."""
+
+
 class Unauthorized(ProviderRefused):
     """The provider rejected our credentials or the user's token."""
 
@@ -224,6 +237,52 @@ class Unavailable(SuperAppError):
     ) -> None:
         super().__init__(message, operation=operation, retry_after=retry_after)
         self.attempts: tuple[Attempt, ...] = tuple(attempts)
+        #: Providers a try may have reached before failing (an at-most-once write sent
+        #: there must never be sent there again).
+        self.maybe_executed: tuple[str, ...] = ()
+
+
+class OutcomeUnknown(NoAnswer):
+    """An at-most-once write (charge, approval, cancel, message, ride request, rental
+    end) may or may not have executed at ``provider``, and its result could not be
+    learned.
+
+    The SDK never sends it again, to that provider or another, unless that provider
+    deduplicates by the operation's idempotency key; it is settled only by the provider's
+    own answer to a lookup. When no lookup can settle it (a KakaoPay subscription charge
+    whose answer, and so its ``tid``, was lost), the order is held as *needs
+    reconciliation*: ``needs_reconciliation`` is True, the same call answers this error
+    again with the same ``ticket``, and an operator settles it
+    (``app.payment.reconcile`` or ``superapp outbox reconcile TICKET``).
+
+    Attributes:
+        attempts: the tries made.
+        ticket: names the held operation, for reconciliation.
+        needs_reconciliation: no lookup can settle it; an operator must.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        operation: str | None = None,
+        attempts: Sequence[Attempt] = (),
+        ticket: str | None = None,
+        needs_reconciliation: bool = False,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            provider=provider,
+            operation=operation,
+            request_sent=True,
+            retryable=not needs_reconciliation,
+            code=code,
+        )
+        self.attempts: tuple[Attempt, ...] = tuple(attempts)
+        self.ticket = ticket
+        self.needs_reconciliation = needs_reconciliation
 
 
 class ConfigError(SuperAppError, ValueError):

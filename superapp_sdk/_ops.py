@@ -18,23 +18,30 @@ import enum
 import hashlib
 import json
 import secrets
-from collections.abc import Callable, Collection, Generator
+from collections.abc import Callable, Collection, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from superapp_sdk import _codec
 from superapp_sdk._directory import Directory
 from superapp_sdk._errors import (
+    Declined,
     IdempotencyConflict,
     InvalidRequest,
     NotApplicable,
     OfflineCapExceeded,
+    OutcomeUnknown,
     StoreError,
     Unauthorized,
     Unavailable,
 )
 from superapp_sdk._outcome import Attempt, Outcome, Via
-from superapp_sdk.capabilities._common import Capability, Money, Provider
+from superapp_sdk.capabilities._common import (
+    Capability,
+    Money,
+    Provider,
+    deduplicated_operations,
+)
 from superapp_sdk.capabilities.chat import ChatProvider, Message, MessageReceipt
 from superapp_sdk.capabilities.identity import Claims, LoginRedirect, Session, TokenSet
 from superapp_sdk.capabilities.mobility import DeepLink, Estimate, Place, RentalReceipt, Ride
@@ -50,12 +57,19 @@ from superapp_sdk.core.routing import OperationKind
 from superapp_sdk.offline.cache import ReadCache
 from superapp_sdk.offline.outbox import Outbox
 from superapp_sdk.providers._http import Call, DirectCall, Flow
-from superapp_sdk.resilience._router import OutcomeUnknown, Routed
+from superapp_sdk.resilience._router import Routed
 from superapp_sdk.store._protocol import Store
 from superapp_sdk.tokens import token_header, verify_id_token
 from superapp_sdk.tokens._seal import Sealer
 
-__all__ = ["Invoke", "OfflinePolicy", "Op", "State"]
+__all__ = [
+    "ChatPolicy",
+    "Invoke",
+    "NeedsReconciliation",
+    "OfflinePolicy",
+    "Op",
+    "State",
+]
 
 T = TypeVar("T")
 
@@ -77,6 +91,47 @@ class OfflinePolicy(enum.Enum):
     ALLOW = "allow"
 
 
+class ChatPolicy(enum.Enum):
+    """What ``chat.send`` does after a send whose outcome is unknown at a provider that
+    cannot deduplicate it (KakaoTalk: a reset or timeout after the request was written).
+
+    The message is never sent to that provider again, either way.
+
+    ``FAIL_OVER`` (the default) sends it through the next channel that has the user (LINE,
+    e-mail): the user may get it twice, once per channel, and the ``Outcome`` says so in
+    ``possible_duplicates``. A message that arrives twice in two apps is a nuisance; a
+    message that never arrives during a day-long outage ("your ride is here", "your code
+    is 4512") is a failure, and a send that timed out while a data center burns most
+    likely never executed.
+
+    ``HOLD`` raises :class:`~superapp_sdk.OutcomeUnknown` and keeps the message for an
+    operator (``needs_reconciliation``): for apps where a duplicate does harm.
+    """
+
+    FAIL_OVER = "fail_over"
+    HOLD = "hold"
+
+
+@dataclass(frozen=True, slots=True)
+class NeedsReconciliation:
+    """An at-most-once write may have executed and no lookup can tell: it is held.
+
+    Emitted once when it enters that state. Settle it with ``app.payment.reconcile`` (or
+    ``superapp outbox reconcile TICKET``) once the provider's records are checked.
+
+    Attributes:
+        ticket: names the held write.
+        operation: ``"payment.charge"``, ``"chat.send"``, ...
+        provider: where it may have executed.
+        entity: the order id, or the message's idempotency key.
+    """
+
+    ticket: str
+    operation: str
+    provider: str
+    entity: str
+
+
 @dataclass(frozen=True, slots=True)
 class Invoke:
     """A provider call an operation needs; the facade routes it.
@@ -91,15 +146,21 @@ class Invoke:
             executed, or ``None`` when it provably did not.
         hedge: hedge idempotent reads to the next provider.
         providers: restrict to these providers.
+        once: an at-most-once write (default: ``kind`` is ``PAYMENT``); see
+            :mod:`superapp_sdk.core.routing`.
+        ambiguous: ``"hold"`` or ``"fail_over"`` after a try that may have executed and
+            that no lookup can settle (see :class:`ChatPolicy`).
     """
 
     capability: Capability
     operation: str
     kind: OperationKind
     build: Callable[[Any], Call[Any]]
-    resolve: Callable[[Any], Call[Any]] | None = None
+    resolve: Callable[[Any], Call[Any] | None] | None = None
     hedge: bool = False
     providers: Collection[str] | None = None
+    once: bool | None = None
+    ambiguous: str = "hold"
 
 
 #: An operation: yields Invokes, receives Routed results, returns its value.
@@ -118,12 +179,13 @@ def _opt_text(name: str, value: object) -> str | None:
     return None if value is None else _text(name, value)
 
 
-def _outcome(routed: Routed[T], value: T | None = None) -> Outcome[T]:
+def _outcome(routed: Routed[T], value: T | None = None, also: tuple[str, ...] = ()) -> Outcome[T]:
     return Outcome(
         value=routed.value if value is None else value,
         via=Via.PRIMARY if routed.primary else Via.ALTERNATE,
         provider=routed.provider,
         attempts=routed.attempts,
+        possible_duplicates=tuple(dict.fromkeys((*also, *routed.maybe_executed))),
     )
 
 
@@ -135,7 +197,10 @@ class PaymentRecord:
     """What the SDK keeps per order: the one idempotency key, and where the order is.
 
     ``payment`` is kept without its ``billing_key``; a billing key issued with the payment
-    (KakaoPay ``sid``) is kept sealed in ``sealed_billing_key``.
+    (KakaoPay ``sid``) is kept sealed in ``sealed_billing_key``. ``refunded`` is the
+    refunded total as the provider last reported it; ``cancels`` maps each caller's
+    ``cancel_id`` to the amount that cancel refunded. ``held`` marks a write that may
+    have executed and that no lookup can settle (needs reconciliation).
     """
 
     order_id: str
@@ -147,6 +212,53 @@ class PaymentRecord:
     status: PaymentStatus = PaymentStatus.PENDING
     payment: Payment | None = None
     sealed_billing_key: str | None = None
+    refunded: int = 0
+    cancels: dict[str, int] = dataclasses.field(default_factory=dict)
+    held: str | None = None
+    reconciled_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """An at-most-once write, persisted *before* any byte of it is sent.
+
+    While it exists the write may be in flight or may have executed at ``provider``;
+    the next call for the same order or message settles it there first, by that
+    provider's own answer, and never sends it anywhere else before.
+
+    Attributes:
+        operation: the write (``"payment.charge"``).
+        key: its idempotency key, the one every try and replay sends.
+        provider: where the latest try went; ``None`` before the first send.
+        amount: for cancels, the amount asked.
+        base: for cancels, the refunded total before this cancel.
+    """
+
+    operation: str
+    key: str
+    provider: str | None = None
+    amount: int | None = None
+    base: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """What the SDK keeps per message key: where it may have gone, and its receipt.
+
+    Attributes:
+        pending: the provider the latest send went to, until it answers.
+        maybe: providers where an earlier send may have executed (never sent there
+            again).
+        receipt: the provider's receipt once one accepted it.
+        held: the send is held for reconciliation (:class:`ChatPolicy` ``HOLD``).
+    """
+
+    key: str
+    pending: str | None = None
+    maybe: tuple[str, ...] = ()
+    receipt: MessageReceipt | None = None
+    provider: str | None = None
+    held: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +307,8 @@ class State:
         clock: Clock,
         providers: dict[Capability, tuple[Provider, ...]],
         identity_policy: IdentityPolicy,
+        chat_policy: ChatPolicy = ChatPolicy.FAIL_OVER,
+        emit: Callable[[object], None] | None = None,
     ) -> None:
         self.store = store
         self.outbox = outbox
@@ -204,6 +318,8 @@ class State:
         self.clock = clock
         self.providers = providers
         self.identity_policy = identity_policy
+        self.chat_policy = chat_policy
+        self.emit: Callable[[object], None] = emit or (lambda event: None)
 
     def provider(self, capability: Capability, name: str) -> Provider:
         for p in self.providers.get(capability, ()):
@@ -290,7 +406,12 @@ def chat_send(
     defer: bool,
     replay: bool = False,
 ) -> Op[Outcome[MessageReceipt]]:
-    """``app.chat.send``: see :meth:`~superapp_sdk.SuperApp.chat`."""
+    """``app.chat.send``: see :meth:`~superapp_sdk.SuperApp.chat`.
+
+    At most once per provider: the message's record is written before each send, a
+    provider whose send may have executed is never sent it again (unless it deduplicates
+    by the key), and a repeated key returns the first receipt.
+    """
     _text("to", to, limit=256)
     _text("text", text)
     _opt_text("conversation", conversation)
@@ -301,26 +422,108 @@ def chat_send(
     payload = {"to": to, "text": text, "conversation": conversation}
     if idempotency_key and not replay:
         _claim_key(st, "chat.send", key, payload)
+    name = f"message:{key}"
+    record = st.load(MessageRecord, name, f"message {key!r}") or MessageRecord(key)
+    if record.receipt is not None:
+        return Outcome(
+            value=record.receipt,
+            via=Via.PRIMARY,
+            provider=record.provider,
+            possible_duplicates=record.maybe,
+        )
+    if record.held:
+        raise _held_message(record)
+    if record.pending is not None:
+        # A send to ``pending`` was under way when the process stopped, or its answer was
+        # lost: it may have executed there, so it is never sent there again.
+        record = dataclasses.replace(
+            record, pending=None, maybe=tuple(dict.fromkeys((*record.maybe, record.pending)))
+        )
+        st.save(name, record)
     if not replay and defer and st.outbox.has_pending(entity):
         # Earlier messages of this conversation are still queued: keep their order.
         ticket = st.enqueue(entity, "chat.send", payload, key)
         return _queued_receipt(ticket, to, conversation, st, ())
     contact = st.directory.get(to)
+    maybe = record.maybe
+    if record.maybe and st.chat_policy is ChatPolicy.HOLD:
+        raise _hold_message(st, record, record.maybe[-1], ())
 
     def build(p: ChatProvider) -> Call[MessageReceipt]:
         address = contact.addresses.get(p.name)
         if address is None:
             raise NotApplicable(f"user {to!r} has no address at {p.name}", provider=p.name)
-        return p.send(to=address, text=text, conversation=conversation, idempotency_key=key)
+        if p.name in maybe and "chat.send" not in deduplicated_operations(p):
+            raise NotApplicable(
+                f"message {key!r} may already have been delivered by {p.name}", provider=p.name
+            )
+        call = p.send(to=address, text=text, conversation=conversation, idempotency_key=key)
+        st.save(name, dataclasses.replace(record, pending=p.name))
+        return call
 
     try:
-        routed = yield Invoke(Capability.CHAT, "chat.send", OperationKind.WRITE, build)
+        routed = yield Invoke(
+            Capability.CHAT,
+            "chat.send",
+            OperationKind.WRITE,
+            build,
+            once=True,
+            ambiguous=st.chat_policy.value,
+        )
+    except OutcomeUnknown as exc:
+        raise _hold_message(st, record, exc.provider or "", exc.attempts) from exc
     except Unavailable as exc:
+        record = dataclasses.replace(
+            record, pending=None, maybe=tuple(dict.fromkeys((*record.maybe, *exc.maybe_executed)))
+        )
+        st.save(name, record)
+        if record.maybe and not _deliverable_elsewhere(st, contact.addresses, record.maybe):
+            raise _hold_message(st, record, record.maybe[-1], exc.attempts) from exc
         if not defer or replay:
             raise
         ticket = st.enqueue(entity, "chat.send", payload, key)
         return _queued_receipt(ticket, to, conversation, st, exc.attempts)
-    return _outcome(routed)
+    also = tuple(dict.fromkeys((*record.maybe, *routed.maybe_executed)))
+    st.save(
+        name,
+        dataclasses.replace(
+            record, pending=None, maybe=also, receipt=routed.value, provider=routed.provider
+        ),
+    )
+    return _outcome(routed, also=also)
+
+
+def _deliverable_elsewhere(st: State, addresses: Mapping[str, str], maybe: tuple[str, ...]) -> bool:
+    """Whether a chat provider other than those in ``maybe`` can reach the user."""
+    return any(
+        p.name in addresses and p.name not in maybe for p in st.providers.get(Capability.CHAT, ())
+    )
+
+
+def _held_message(record: MessageRecord) -> OutcomeUnknown:
+    where = ", ".join(record.maybe) or "a provider"
+    return OutcomeUnknown(
+        f"message {record.key!r} may have been delivered by {where}, which cannot say and"
+        " cannot deduplicate; it is held and will not be sent again",
+        provider=record.maybe[-1] if record.maybe else None,
+        operation="chat.send",
+        ticket=record.key,
+        needs_reconciliation=True,
+        code="needs_reconciliation",
+    )
+
+
+def _hold_message(
+    st: State, record: MessageRecord, provider: str, attempts: tuple[Attempt, ...]
+) -> OutcomeUnknown:
+    """Hold a message whose delivery is unknown; emits :class:`NeedsReconciliation`."""
+    maybe = tuple(dict.fromkeys((*record.maybe, provider))) if provider else record.maybe
+    held = dataclasses.replace(record, pending=None, maybe=maybe, held=True)
+    st.save(f"message:{record.key}", held)
+    st.emit(NeedsReconciliation(record.key, "chat.send", maybe[-1] if maybe else "", record.key))
+    err = _held_message(held)
+    err.attempts = attempts
+    return err
 
 
 def _queued_receipt(
@@ -423,21 +626,37 @@ def payment_start(
     return _outcome(routed)
 
 
-def _resolver(order_id: str, record: PaymentRecord, done: Collection[PaymentStatus]) -> Any:
-    def resolve(p: Any) -> Call[Payment | None]:
-        return _status_then(
-            p.status(order_id=order_id, provider_ref=record.provider_ref or ""), done
-        )
+def _lookup_call(p: Any, order_id: str, provider_ref: str | None) -> Call[Payment] | None:
+    """The lookup of ``order_id`` at ``p``: by the provider's payment id when one is
+    known, else by the order id where the provider can find payments by it; ``None``
+    when it cannot (a KakaoPay subscription charge whose answer, and ``tid``, was lost)."""
+    if provider_ref is not None:
+        return p.status(order_id=order_id, provider_ref=provider_ref)  # type: ignore[no-any-return]
+    lookup = getattr(p, "lookup", None)
+    if lookup is None:
+        return None
+    return lookup(order_id=order_id)  # type: ignore[no-any-return]
+
+
+def _resolver(
+    order_id: str, provider_ref: str | None, executed: Callable[[Payment], bool]
+) -> Callable[[Any], Call[Payment | None] | None]:
+    """For the router: the lookup that settles an ambiguous write of ``order_id`` at one
+    provider, answering the Payment when ``executed`` says the write ran there."""
+
+    def resolve(p: Any) -> Call[Payment | None] | None:
+        call = _lookup_call(p, order_id, provider_ref)
+        return None if call is None else _status_then(call, executed)
 
     return resolve
 
 
-def _status_then(call: Call[Payment], done: Collection[PaymentStatus]) -> Call[Payment | None]:
-    """A status query whose result is the Payment when its status is in ``done``, else
+def _status_then(call: Call[Payment], executed: Callable[[Payment], bool]) -> Call[Payment | None]:
+    """A status query whose result is the Payment when ``executed(payment)``, else
     ``None`` (the operation provably did not execute)."""
 
     def pick(payment: Payment) -> Payment | None:
-        return payment if payment.status in done else None
+        return payment if executed(payment) else None
 
     if isinstance(call, DirectCall):
         direct = call
@@ -451,6 +670,100 @@ def _status_then(call: Call[Payment], done: Collection[PaymentStatus]) -> Call[P
         return pick((yield from call))
 
     return flow()
+
+
+def _approved(payment: Payment) -> bool:
+    return payment.status in _CHARGED
+
+
+#: Statuses of a payment that was charged (and may since have been refunded).
+_CHARGED = frozenset(
+    {PaymentStatus.APPROVED, PaymentStatus.PARTIALLY_CANCELED, PaymentStatus.CANCELED}
+)
+
+
+def _pending_key(order_id: str, operation: str) -> str:
+    return f"pending:{operation}:{order_id}"
+
+
+def _load_pending(st: State, order_id: str, operation: str) -> Pending | None:
+    return st.load(Pending, _pending_key(order_id, operation), f"pending {operation} {order_id!r}")
+
+
+def _settle_pending(
+    st: State,
+    record: PaymentRecord,
+    pending: Pending,
+    executed: Callable[[Payment], bool],
+) -> Op[Payment | None]:
+    """Settle an earlier try of ``pending`` that may have executed at its provider, by
+    that provider's answer: the Payment when it executed, ``None`` when it provably did
+    not. Nothing is sent before this answers."""
+    assert pending.provider is not None
+    operation = pending.operation
+    holder = pending.provider
+    try:
+        p = st.provider(Capability.PAYMENT, holder)
+    except InvalidRequest:
+        p = None
+    lookup = None if p is None else _lookup_call(p, record.order_id, record.provider_ref)
+    if lookup is None:
+        raise _hold_payment(st, record, operation, holder, ())
+    ref = record.provider_ref
+    try:
+        routed = yield Invoke(
+            Capability.PAYMENT,
+            "payment.status",
+            OperationKind.READ,
+            lambda q: _status_then(_lookup_call(q, record.order_id, ref), executed),  # type: ignore[arg-type]
+            providers=(holder,),
+        )
+    except Declined:
+        # The provider answered that it has no such payment: it never executed.
+        routed = None
+    except Unavailable as exc:
+        raise OutcomeUnknown(
+            f"{operation} of order {record.order_id!r} may have executed at {holder}, and "
+            f"{holder} cannot be asked now; nothing is sent until it answers",
+            provider=holder,
+            operation=operation,
+            attempts=exc.attempts,
+            ticket=record.idempotency_key,
+            code="outcome_unknown",
+        ) from exc
+    if routed is None or routed.value is None:
+        st.store.delete(_pending_key(record.order_id, operation))
+        return None
+    payment: Payment = routed.value
+    return payment
+
+
+def _held_payment(record: PaymentRecord) -> OutcomeUnknown:
+    return OutcomeUnknown(
+        f"{record.held} of order {record.order_id!r} may have executed at {record.provider},"
+        " which has no lookup that can tell; it is held until an operator reconciles it"
+        f" (superapp outbox reconcile {record.idempotency_key})",
+        provider=record.provider,
+        operation=record.held,
+        ticket=record.idempotency_key,
+        needs_reconciliation=True,
+        code="needs_reconciliation",
+    )
+
+
+def _hold_payment(
+    st: State, record: PaymentRecord, operation: str, provider: str, attempts: tuple[Attempt, ...]
+) -> OutcomeUnknown:
+    """Hold an order whose write may have executed where no lookup can tell; emits
+    :class:`NeedsReconciliation` when it enters that state."""
+    held = dataclasses.replace(record, held=operation, provider=provider)
+    st.save(_record_key(record.order_id), held)
+    st.store.set(f"reconcile:{record.idempotency_key}", record.order_id.encode())
+    if record.held is None:
+        st.emit(NeedsReconciliation(record.idempotency_key, operation, provider, record.order_id))
+    err = _held_payment(held)
+    err.attempts = attempts
+    return err
 
 
 def _billing_purpose(order_id: str) -> str:
@@ -502,11 +815,13 @@ def payment_confirm(
     if record is None or record.provider is None:
         raise InvalidRequest(f"order {order_id!r} was not started with payment.start")
     kept = _kept_payment(st, record)
-    if record.status is PaymentStatus.APPROVED and kept is not None:
+    if record.status in _CHARGED and kept is not None:
         return Outcome(value=kept, via=Via.PRIMARY, provider=record.provider)
     holder: str = record.provider
     record = dataclasses.replace(record, provider_ref=approval.provider_ref)
     try:
+        # KakaoPay refuses a second approval of a tid (-702, AlreadyExecuted): the router
+        # settles that, and any lost answer, by looking the tid up.
         routed = yield Invoke(
             Capability.PAYMENT,
             "payment.approve",
@@ -517,8 +832,9 @@ def payment_confirm(
                 user_id=record.user_id,
                 idempotency_key=record.idempotency_key,
             ),
-            resolve=_resolver(order_id, record, {PaymentStatus.APPROVED}),
+            resolve=_resolver(order_id, approval.provider_ref, _approved),
             providers=(holder,),
+            once=True,
         )
     except (Unavailable, OutcomeUnknown) as exc:
         if replay:
@@ -555,7 +871,12 @@ def payment_charge(
     offline: OfflinePolicy,
     replay: bool = False,
 ) -> Op[Outcome[Payment]]:
-    """``app.payment.charge``: a server-side charge with the user's stored billing key."""
+    """``app.payment.charge``: a server-side charge with the user's stored billing key.
+
+    At most one successful charge per ``order_id``, across every provider: the charge is
+    recorded as pending at a provider before any byte is sent there, and a charge whose
+    answer was lost is settled by that provider's lookup before anything is sent again.
+    """
     _text("order_id", order_id, limit=100)
     _text("user_id", user_id, limit=100)
     if not isinstance(offline, OfflinePolicy):
@@ -563,15 +884,32 @@ def payment_charge(
     money = Money(amount, currency)
     record = _new_record(st, order_id, money, user_id)
     kept = _kept_payment(st, record)
-    if record.status is PaymentStatus.APPROVED and kept is not None:
+    if record.status in _CHARGED and kept is not None:
         # At most one successful charge per order: a repeat returns the first.
         return Outcome(value=kept, via=Via.PRIMARY, provider=record.provider)
+    if record.held is not None:
+        raise _held_payment(record)
+    operation = "payment.charge"
+    pending = _load_pending(st, order_id, operation)
+    if pending is not None and pending.provider is not None:
+        try:
+            found = yield from _settle_pending(st, record, pending, _approved)
+        except OutcomeUnknown as exc:
+            if exc.needs_reconciliation or replay or offline is OfflinePolicy.DENY:
+                raise
+            return _queue_charge(st, record, money, exc.attempts)
+        if found is not None:
+            outcome = _settle(st, record, Routed(found, pending.provider, False, ()))
+            st.store.delete(_pending_key(order_id, operation))
+            return outcome
+    intent = Pending(operation, record.idempotency_key)
+    pending_key = _pending_key(order_id, operation)
 
     def build(p: PaymentProvider) -> Call[Payment]:
         key = st.directory.billing_key(user_id, p.name)
         if key is None:
             raise NotApplicable(f"user {user_id!r} has no billing key at {p.name}", provider=p.name)
-        return p.charge(
+        call = p.charge(
             order_id=order_id,
             amount=money,
             item_name=f"order {order_id}",
@@ -579,57 +917,218 @@ def payment_charge(
             billing_key=key,
             idempotency_key=record.idempotency_key,
         )
+        st.save(pending_key, dataclasses.replace(intent, provider=p.name))
+        return call
 
     try:
         routed = yield Invoke(
             Capability.PAYMENT,
-            "payment.charge",
+            operation,
             OperationKind.PAYMENT,
             build,
-            resolve=_resolver(order_id, record, {PaymentStatus.APPROVED}),
+            resolve=_resolver(order_id, None, _approved),
             providers=(record.provider,) if record.provider else None,
+            once=True,
         )
-    except (Unavailable, OutcomeUnknown) as exc:
+
+    except OutcomeUnknown as exc:
+        if exc.needs_reconciliation:
+            raise _hold_payment(st, record, operation, exc.provider or "", exc.attempts) from exc
+        exc.ticket = record.idempotency_key
         if replay or offline is OfflinePolicy.DENY:
             raise
-        payload = {"order_id": order_id, "amount": amount, "currency": currency, "user_id": user_id}
-        ticket = st.enqueue(
-            f"payment:{order_id}", "payment.charge", payload, record.idempotency_key
-        )
-        return _queued_payment(record, ticket, getattr(exc, "attempts", ()))
-    return _settle(st, record, routed)
+        return _queue_charge(st, record, money, exc.attempts)
+    except Unavailable as exc:
+        if not exc.maybe_executed:
+            st.store.delete(pending_key)  # no try can have executed anywhere
+        if replay or offline is OfflinePolicy.DENY:
+            raise
+        return _queue_charge(st, record, money, exc.attempts)
+    outcome = _settle(st, record, routed)
+    st.store.delete(pending_key)
+    return outcome
+
+
+def _queue_charge(
+    st: State, record: PaymentRecord, money: Money, attempts: tuple[Attempt, ...]
+) -> Outcome[Payment]:
+    payload = {
+        "order_id": record.order_id,
+        "amount": money.amount,
+        "currency": money.currency,
+        "user_id": record.user_id,
+    }
+    ticket = st.enqueue(
+        f"payment:{record.order_id}", "payment.charge", payload, record.idempotency_key
+    )
+    return _queued_payment(record, ticket, attempts)
 
 
 def payment_cancel(
-    st: State, *, order_id: str, amount: int | None, reason: str
+    st: State, *, order_id: str, amount: int | None, reason: str, cancel_id: str | None = None
 ) -> Op[Outcome[Payment]]:
-    """``app.payment.cancel``: refund all of an order, or ``amount`` of it."""
+    """``app.payment.cancel``: refund ``amount`` of an order, or all that remains.
+
+    Keyed like a charge: with ``cancel_id`` a repeated cancel refunds once and returns
+    the same answer; without one, a cancel whose outcome is unknown is settled by the
+    provider's lookup before any new cancel of the order is sent.
+    """
     _text("order_id", order_id, limit=100)
     _text("reason", reason, limit=200)
+    _opt_text("cancel_id", cancel_id)
     record = _payment_record(st, order_id)
     if record is None or record.provider is None or record.payment is None:
         raise InvalidRequest(f"order {order_id!r} has no payment to cancel")
-    money = record.amount if amount is None else Money(amount, record.amount.currency)
-    if money.amount > record.amount.amount:
-        raise InvalidRequest(f"cannot cancel {money.amount}, the order is {record.amount.amount}")
-    key = f"{record.idempotency_key}:cancel:{money.amount}"
-    routed = yield Invoke(
-        Capability.PAYMENT,
-        "payment.cancel",
-        OperationKind.PAYMENT,
-        lambda p: p.cancel(
+    if amount is not None:
+        asked: Money | None = Money(amount, record.amount.currency)
+    else:
+        asked = None
+    operation = "payment.cancel"
+    holder: str = record.provider
+    if cancel_id is not None and cancel_id in record.cancels:
+        if asked is not None and record.cancels[cancel_id] != asked.amount:
+            raise IdempotencyConflict(
+                f"cancel_id {cancel_id!r} of order {order_id!r} refunded"
+                f" {record.cancels[cancel_id]}, not {asked.amount}; nothing was sent",
+                operation=operation,
+                code="idempotency_conflict",
+            )
+        return Outcome(value=_kept_payment(st, record), via=Via.PRIMARY, provider=holder)  # type: ignore[arg-type]
+    pending = _load_pending(st, order_id, operation)
+    if pending is not None and pending.provider is not None:
+        base, was = pending.base or 0, pending.amount or 0
+        found = yield from _settle_pending(
+            st, record, pending, lambda q: _refunded(q) >= base + was
+        )
+        if found is not None:
+            done_id = pending.key.rpartition(":cancel:")[2]
+            record = _refund_settled(st, record, found, done_id, was)
+            if done_id == cancel_id:
+                return Outcome(value=found, via=Via.PRIMARY, provider=holder)
+        record = _payment_record(st, order_id) or record
+    remaining = record.amount.amount - record.refunded
+    money = Money(remaining, record.amount.currency) if asked is None else asked
+    if remaining <= 0:
+        raise InvalidRequest(
+            f"order {order_id!r} is already refunded in full", code="already_refunded"
+        )
+    if money.amount > remaining:
+        raise InvalidRequest(
+            f"cannot cancel {money.amount} of order {order_id!r}: {remaining} remains of"
+            f" {record.amount.amount}",
+            code="cancel_over_remaining",
+        )
+    key = f"{record.idempotency_key}:cancel:{cancel_id or new_key('c')}"
+    intent = Pending(operation, key, amount=money.amount, base=record.refunded)
+    pending_key = _pending_key(order_id, operation)
+    base = record.refunded
+
+    def build(p: PaymentProvider) -> Call[Payment]:
+        call = p.cancel(
             order_id=order_id,
             provider_ref=record.provider_ref or "",
             amount=money,
             reason=reason,
             idempotency_key=key,
-        ),
-        resolve=_resolver(
-            order_id, record, {PaymentStatus.CANCELED, PaymentStatus.PARTIALLY_CANCELED}
-        ),
-        providers=(record.provider,),
+        )
+        st.save(pending_key, dataclasses.replace(intent, provider=p.name))
+        return call
+
+    try:
+        routed = yield Invoke(
+            Capability.PAYMENT,
+            operation,
+            OperationKind.PAYMENT,
+            build,
+            resolve=_resolver(
+                order_id, record.provider_ref, lambda q: _refunded(q) >= base + money.amount
+            ),
+            providers=(holder,),
+            once=True,
+        )
+    except OutcomeUnknown as exc:
+        exc.ticket = key
+        raise
+    except Unavailable as exc:
+        if not exc.maybe_executed:
+            st.store.delete(pending_key)
+        raise
+    _refund_settled(st, record, routed.value, key.rpartition(":cancel:")[2], money.amount)
+    return _outcome(routed)
+
+
+def _refunded(payment: Payment) -> int:
+    return 0 if payment.canceled_amount is None else payment.canceled_amount.amount
+
+
+def _refund_settled(
+    st: State, record: PaymentRecord, payment: Payment, cancel_id: str, amount: int
+) -> PaymentRecord:
+    """Record a cancel the provider executed: its refunded total, as the provider says."""
+    settled = dataclasses.replace(
+        record,
+        status=payment.status,
+        refunded=max(record.refunded, _refunded(payment)),
+        cancels={**record.cancels, cancel_id: amount},
+        payment=dataclasses.replace(payment, billing_key=None),
+        sealed_billing_key=record.sealed_billing_key,
     )
-    return _settle(st, record, routed)
+    st.save(_record_key(record.order_id), settled)
+    st.store.delete(_pending_key(record.order_id, "payment.cancel"))
+    return settled
+
+
+def payment_reconcile(
+    st: State, *, ticket: str, executed: bool, by: str, provider_ref: str | None = None
+) -> Payment | None:
+    """``app.payment.reconcile``: an operator settles a held order after checking the
+    provider's own records (its merchant console, a settlement file).
+
+    Args:
+        ticket: the ``ticket`` of the :class:`~superapp_sdk.OutcomeUnknown`.
+        executed: whether the provider executed the held write.
+        by: who decided (kept with the order).
+        provider_ref: the provider's payment id, when the operator found it.
+
+    Returns:
+        the Payment now recorded (``executed``), or ``None`` (the order may be charged
+        again).
+    """
+    _text("ticket", ticket, limit=255)
+    _text("by", by, limit=200)
+    _opt_text("provider_ref", provider_ref)
+    if not isinstance(executed, bool):
+        raise ValueError(f"executed must be True or False, got {executed!r}")
+    raw = st.store.get(f"reconcile:{ticket}")
+    record = None if raw is None else _payment_record(st, raw.decode())
+    if record is None or record.held is None:
+        raise InvalidRequest(f"no held payment has ticket {ticket!r}", code="unknown_ticket")
+    operation = record.held
+    note = f"{by} at {st.clock.time():.0f}"
+    payment = None
+    if executed:
+        payment = Payment(
+            order_id=record.order_id,
+            provider=record.provider or OUTBOX,
+            status=PaymentStatus.APPROVED,
+            amount=record.amount,
+            approved_at=None,
+            provider_ref=provider_ref or f"reconciled:{ticket}",
+        )
+        record = dataclasses.replace(
+            record,
+            held=None,
+            status=PaymentStatus.APPROVED,
+            payment=payment,
+            provider_ref=payment.provider_ref,
+            reconciled_by=note,
+        )
+    else:
+        record = dataclasses.replace(record, held=None, provider=None, reconciled_by=note)
+    st.save(_record_key(record.order_id), record)
+    st.store.delete(_pending_key(record.order_id, operation))
+    st.store.delete(f"reconcile:{ticket}")
+    return payment
 
 
 def payment_status(st: State, *, order_id: str) -> Op[Outcome[Payment]]:
@@ -924,6 +1423,7 @@ def mobility_request_ride(
         lambda p: p.request_ride(
             rider=rider, origin=origin, destination=destination, idempotency_key=key
         ),
+        once=True,
     )
     st.store.set(f"ride:{routed.value.ride_id}", routed.provider.encode())
     return _outcome(routed)
@@ -978,6 +1478,7 @@ def mobility_end_rental(
             lambda p: p.end_rental(
                 rental_id=rental_id, location=location, at=float(at), idempotency_key=key
             ),
+            once=True,
         )
     except Unavailable as exc:
         if replay:

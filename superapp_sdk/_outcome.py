@@ -56,6 +56,10 @@ class Outcome(Generic[T]):
         stale_for: for ``Via.CACHE``, how old the value is in seconds.
         ticket: the outbox id (``Via.QUEUED``) or voucher id (payments served offline).
         attempts: every try made, in order.
+        possible_duplicates: providers where this write may *also* have executed: an
+            earlier try there had its answer lost and the provider cannot deduplicate,
+            and the app's policy chose to deliver elsewhere rather than hold (see
+            :class:`~superapp_sdk.ChatPolicy`). Empty for every other answer.
     """
 
     value: T
@@ -65,6 +69,7 @@ class Outcome(Generic[T]):
     stale_for: float | None = None
     ticket: str | None = None
     attempts: tuple[Attempt, ...] = field(default=())
+    possible_duplicates: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         if self.via is not Via.PRIMARY and not self.degraded:

@@ -18,7 +18,7 @@ from superapp_sdk import (
     Timeouts,
     Via,
 )
-from superapp_sdk._errors import Declined, ProviderError
+from superapp_sdk._errors import Declined, ProviderConnectError, ProviderError
 from superapp_sdk.capabilities.mobility import Place
 from superapp_sdk.capabilities.payment import Approval, PaymentStatus
 from superapp_sdk.core.breaker import BreakerOptions, StateChange
@@ -231,7 +231,8 @@ def test_ambiguous_charge_is_never_failed_over(tmp_path: Path) -> None:
 def test_queued_charge_with_offline_queue_policy(rig: Rig) -> None:
     """OfflinePolicy.QUEUE persists a charge no provider can take, and makes it once later."""
     rig.server.burn(Burn.REFUSE, ["payment"])
-    rig.echo_pay.fail = ProviderError("echo pay down")
+    # Refused before sending: an error that may have executed would hold the order instead.
+    rig.echo_pay.fail = ProviderConnectError("echo pay down", request_sent=False)
     out = rig.app.payment.charge(
         order_id="o-q", amount=700, user_id=USER, offline=OfflinePolicy.QUEUE
     )

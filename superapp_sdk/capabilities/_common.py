@@ -7,7 +7,14 @@ import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Capability", "Money", "Provider", "require_seconds", "require_text"]
+__all__ = [
+    "Capability",
+    "Money",
+    "Provider",
+    "deduplicated_operations",
+    "require_seconds",
+    "require_text",
+]
 
 
 class Capability(enum.Enum):
@@ -30,6 +37,12 @@ class Provider(Protocol):
             when several capabilities of one domain fail together, the whole domain opens.
         operations: the operations this provider implements (``"chat.send"``); the router
             skips a provider for an operation it does not list.
+
+    An adapter may also expose ``deduplicates: frozenset[str]``, the operations its
+    provider documents as deduplicated by the idempotency key the SDK passes (Stripe's
+    and Toss's ``Idempotency-Key``, LINE's ``X-Line-Retry-Key``). Only those are ever
+    sent to it again after a try that may have executed; see
+    :func:`deduplicated_operations`.
     """
 
     @property
@@ -85,3 +98,13 @@ def require_seconds(owner: str, name: str, value: object, *, optional: bool = Fa
         or value < 0
     ):
         raise ValueError(f"{owner}.{name} must be a finite number of seconds >= 0, got {value!r}")
+
+
+def deduplicated_operations(provider: object) -> frozenset[str]:
+    """The operations ``provider`` deduplicates by idempotency key (none unless it says).
+
+    A provider that does not name an operation here is assumed to execute every request
+    it receives: a write sent to it twice may run twice.
+    """
+    ops: object = getattr(provider, "deduplicates", frozenset())
+    return ops if isinstance(ops, frozenset) else frozenset()

@@ -12,12 +12,23 @@ action                 when
                        its idempotency key was used for another payload: another
                        provider would refuse too, or worse, accept
 ``FAIL_OVER``          no usable answer, and the operation is safe to send elsewhere
-                       (a read, a write with an idempotency key, or a payment that
-                       provably never left: connection refused, breaker open)
-``RESOLVE``            a payment whose outcome is unknown (timeout after the request
-                       was sent): ask the same provider for its status before any
-                       failover, so an order is never charged twice
+                       (a read, a write with an idempotency key, or an at-most-once
+                       write that provably never left: connection refused, breaker
+                       open)
+``RESOLVE``            an at-most-once write whose outcome is unknown (any byte may
+                       have left: read timeout, reset, 5xx, protocol error after the
+                       write), or one the provider says it already executed: the
+                       outcome is pinned to this provider and settled only by its own
+                       answer to a lookup, never by sending again
 =====================  ==========================================================
+
+**The at-most-once rule.** Charges, approvals, cancels, chat sends, ride requests and
+rental ends are not idempotent at a provider that does not deduplicate them. For those
+(``once=True``), :func:`may_have_executed` decides whether a failed try may have run at
+the provider; if it may, the try is never sent again to another provider, and to the
+same provider only when that provider documents deduplication of the operation by the
+same idempotency key (:func:`may_resend`). This module is the one home of that rule:
+the retry strategy, the router and the operations all ask it.
 
 A per-(provider, operation, error) table can override the default.
 """
@@ -31,15 +42,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from superapp_sdk._errors import (
+    AlreadyExecuted,
     Declined,
     IdempotencyConflict,
     InvalidRequest,
     NoAnswer,
     ProviderRefused,
     Rejected,
+    SuperAppError,
 )
 
-__all__ = ["Action", "Classification", "FailbackRamp", "OperationKind", "classify"]
+__all__ = [
+    "Action",
+    "Classification",
+    "FailbackRamp",
+    "OperationKind",
+    "classify",
+    "may_have_executed",
+    "may_resend",
+]
 
 
 class OperationKind(enum.Enum):
@@ -88,32 +109,73 @@ def classify(
     provider: str = "*",
     operation: str = "*",
     overrides: Classification | None = None,
+    once: bool | None = None,
 ) -> Action:
-    """Decide what a failed try means; see the module docstring."""
+    """Decide what a failed try means; see the module docstring.
+
+    Args:
+        once: the operation is an at-most-once write (default: ``kind`` is ``PAYMENT``).
+    """
     if overrides is not None:
         action = overrides.lookup(provider, operation, exc)
         if action is not None:
             return action
+    at_most_once = kind is OperationKind.PAYMENT if once is None else once
+    if isinstance(exc, AlreadyExecuted):
+        # The provider ran it before (an earlier try whose answer was lost): learn its
+        # result from the provider; never send it anywhere else.
+        return Action.RESOLVE if at_most_once else Action.FAIL_NOW
     if isinstance(exc, Declined | InvalidRequest | IdempotencyConflict):
         # IdempotencyConflict: the key was used with another payload; sending this one
         # elsewhere would defeat the key.
         return Action.FAIL_NOW
-    if isinstance(exc, Rejected):
-        # We refused before sending (breaker, bulkhead, budget): nothing executed.
+    if isinstance(exc, Rejected | ProviderRefused):
+        # Rejected: we refused before sending (breaker, bulkhead, budget). Refused:
+        # unauthorized or rate-limited at this provider; our standing there, not the
+        # user's request, is the problem. Neither executed; another provider may serve.
         return Action.FAIL_OVER
-    if isinstance(exc, ProviderRefused):
-        # Unauthorized or rate-limited at this provider: our standing there, not the
-        # user's request, is the problem; another provider may serve it.
-        return Action.FAIL_OVER
-    if isinstance(exc, NoAnswer):
-        if kind is OperationKind.PAYMENT and exc.request_sent is not False:
+    if isinstance(exc, NoAnswer) or _is_transport(exc):
+        if at_most_once and may_have_executed(exc):
             return Action.RESOLVE
         return Action.FAIL_OVER
-    if kind is not OperationKind.PAYMENT and _is_transport(exc):
-        return Action.FAIL_OVER
-    if kind is OperationKind.PAYMENT and _is_transport(exc):
-        return Action.RESOLVE
     return Action.FAIL_NOW
+
+
+#: httpx errors raised before a byte of the request left: connecting, or waiting for a
+#: pooled connection. Named, not imported: this module does no I/O.
+_UNSENT_HTTPX = frozenset({"ConnectError", "ConnectTimeout", "PoolTimeout", "UnsupportedProtocol"})
+
+
+def may_have_executed(exc: BaseException) -> bool:
+    """Whether the provider may have executed the request whose try raised ``exc``.
+
+    ``False`` only with proof that nothing ran: the SDK refused before sending (breaker,
+    bulkhead, budget), the connection was never made, or the provider answered with a
+    refusal. A provider saying it *already* executed the request is ``True``. Anything
+    else (a read timeout, a reset after the write, a 5xx, a malformed answer) may have
+    executed.
+    """
+    if isinstance(exc, AlreadyExecuted):
+        return True
+    if isinstance(exc, Rejected | ProviderRefused):
+        return False
+    if isinstance(exc, SuperAppError):
+        return exc.request_sent is not False
+    if isinstance(exc, ConnectionRefusedError):
+        return False
+    if type(exc).__module__.startswith(("httpx", "httpcore")):
+        return type(exc).__name__ not in _UNSENT_HTTPX
+    return True
+
+
+def may_resend(exc: BaseException, *, once: bool, deduplicated: bool) -> bool:
+    """Whether a try that raised ``exc`` may be sent again *to the same provider*.
+
+    Reads and idempotent writes may; an at-most-once write may only when nothing can have
+    executed, or when the provider deduplicates the operation by the idempotency key the
+    retry reuses (Stripe's and Toss's ``Idempotency-Key``, LINE's ``X-Line-Retry-Key``).
+    """
+    return not once or deduplicated or not may_have_executed(exc)
 
 
 def _is_transport(exc: BaseException) -> bool:

@@ -81,6 +81,9 @@ class CallContext:
             breaker's default).
         max_timeout: a cap on the per-try timeout (a short probe timeout).
         last_resort: no other provider is left to fail over to.
+        resend: whether a try that may have reached the provider may be sent again
+            (False for an at-most-once write the provider does not deduplicate; see
+            :func:`superapp_sdk.core.routing.may_resend`).
     """
 
     __slots__ = (
@@ -93,6 +96,7 @@ class CallContext:
         "max_timeout",
         "operation",
         "probe",
+        "resend",
         "timeout",
     )
 
@@ -103,6 +107,7 @@ class CallContext:
         probe: bool | None = None,
         max_timeout: float | None = None,
         last_resort: bool = False,
+        resend: bool = True,
     ) -> None:
         self._fn: Callable[[CallContext], Any] | None = None
         self._afn: Callable[[CallContext], Awaitable[Any]] | None = None
@@ -114,6 +119,7 @@ class CallContext:
         self.probe = probe
         self.max_timeout = max_timeout
         self.last_resort = last_resort
+        self.resend = resend
 
     def remaining(self, now: float) -> float | None:
         """Seconds left before the deadline, or ``None`` without one."""
@@ -130,6 +136,7 @@ class CallContext:
         c.probe = self.probe
         c.max_timeout = self.max_timeout
         c.last_resort = self.last_resort
+        c.resend = self.resend
         return c
 
     def __repr__(self) -> str:

@@ -113,6 +113,7 @@ class Pipeline:
         probe: bool | None = None,
         max_timeout: float | None = None,
         last_resort: bool = True,
+        resend: bool = True,
     ) -> T:
         """Run ``fn`` through the pipeline.
 
@@ -121,10 +122,12 @@ class Pipeline:
             probe: whether this call may be a half-open probe (default: the breaker's).
             max_timeout: a cap on the per-try timeout (a short probe timeout).
             last_resort: False when a router has another provider to fail over to.
+            resend: False for an at-most-once write the provider does not deduplicate:
+                a try that may have reached it is never retried.
         """
         # Positional: with cold CPU caches, keyword arguments to a constructor measured
         # ~5 us more than positional ones.
-        ctx = CallContext(operation, None, probe, max_timeout, last_resort)
+        ctx = CallContext(operation, None, probe, max_timeout, last_resort, resend)
         ctx._fn = fn
         return self._sync(ctx)  # type: ignore[no-any-return]
 
@@ -136,11 +139,12 @@ class Pipeline:
         probe: bool | None = None,
         max_timeout: float | None = None,
         last_resort: bool = True,
+        resend: bool = True,
     ) -> T:
         """Await ``fn`` through the pipeline (arguments as for :meth:`call`)."""
         # Positional: with cold CPU caches, keyword arguments to a constructor measured
         # ~5 us more than positional ones.
-        ctx = CallContext(operation, None, probe, max_timeout, last_resort)
+        ctx = CallContext(operation, None, probe, max_timeout, last_resort, resend)
         ctx._afn = fn
         return await self._async(ctx)  # type: ignore[no-any-return]
 

@@ -19,14 +19,14 @@ import httpx
 
 from superapp_sdk._errors import (
     CircuitOpen,
-    NoAnswer,
+    OutcomeUnknown,
     ProviderRefused,
     RateLimited,
     Rejected,
     Unavailable,
 )
 from superapp_sdk._outcome import Attempt
-from superapp_sdk.capabilities._common import Provider
+from superapp_sdk.capabilities._common import Provider, deduplicated_operations
 from superapp_sdk.core.breaker import BreakerState, StateChange
 from superapp_sdk.core.domains import DomainChange, DomainState, FailureDomainDetector
 from superapp_sdk.core.routing import (
@@ -48,16 +48,6 @@ P = TypeVar("P", bound=Provider)
 
 class DomainOpen(CircuitOpen):
     """The provider's whole failure domain is open (a correlated outage)."""
-
-
-class OutcomeUnknown(NoAnswer):
-    """A payment may or may not have executed, and its status could not be learned.
-
-    The router does not fail over (that could charge twice); the caller must resolve it
-    later, by a status query or through the outbox. ``attempts`` lists the tries made.
-    """
-
-    attempts: tuple[Attempt, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +86,9 @@ class Routed(Generic[T]):
     provider: str
     primary: bool
     attempts: tuple[Attempt, ...]
+    #: Providers an earlier try may have executed at (``ambiguous="fail_over"``): the
+    #: effect may have happened there as well.
+    maybe_executed: tuple[str, ...] = ()
 
 
 class SharedDetector:
@@ -355,10 +348,15 @@ class Router(Generic[P]):
 
     @staticmethod
     def _options(
-        item: tuple[Route[P], str], eligible: list[tuple[Route[P], str]]
+        item: tuple[Route[P], str],
+        eligible: list[tuple[Route[P], str]],
+        operation: str,
+        once: bool,
     ) -> dict[str, Any]:
         route, mode = item
         options: dict[str, Any] = {"last_resort": route is eligible[-1][0]}
+        if once:
+            options["resend"] = operation in deduplicated_operations(route.provider)
         if mode:
             # A domain probe may also be its breaker's half-open probe: otherwise a
             # provider whose breaker and domain both wait for a probe gets neither.
@@ -424,22 +422,28 @@ class Router(Generic[P]):
             # slot back, or a half-open domain runs out of probes and never closes.
             self.detector.release_probe(route.domain, epoch)
 
-    def _routed(self, value: Any, route: Route[P], attempts: list[Attempt]) -> Routed[Any]:
-        return Routed(value, route.name, route is self.routes[0], tuple(attempts))
+    def _routed(
+        self, value: Any, route: Route[P], attempts: list[Attempt], maybe: Sequence[str] = ()
+    ) -> Routed[Any]:
+        return Routed(value, route.name, route is self.routes[0], tuple(attempts), tuple(maybe))
 
-    def _unavailable(self, operation: str, attempts: list[Attempt]) -> Unavailable:
+    def _unavailable(
+        self, operation: str, attempts: list[Attempt], maybe: Sequence[str] = ()
+    ) -> Unavailable:
         tried = ", ".join(f"{a.provider}: {a.error}" for a in attempts) or "no provider offers it"
         retry_after = None
         for r in self.routes:
             ra = self.detector.retry_after(r.domain)
             if ra is not None:
                 retry_after = ra if retry_after is None else min(retry_after, ra)
-        return Unavailable(
+        err = Unavailable(
             f"{operation}: no provider could serve ({tried})",
             attempts=attempts,
             operation=operation,
             retry_after=retry_after,
         )
+        err.maybe_executed = tuple(maybe)
+        return err
 
     # -- sync --------------------------------------------------------------------------
 
@@ -453,6 +457,7 @@ class Router(Generic[P]):
         taken: dict[str, tuple[str, int]],
         *,
         spawn: Callable[..., None],
+        once: bool = False,
     ) -> list[tuple[Route[P], str]]:
         """Plan a call: start the background probes it allows, and return the providers
         to try in order (raises :class:`Unavailable` when there is none)."""
@@ -461,6 +466,9 @@ class Router(Generic[P]):
             attempts,
             can_probe_aside=prober is not None,
             providers=providers,
+            # A payment is never a probe: a probe cut short by its short timeout would
+            # leave a charge of unknown outcome. Other at-most-once writes may be (chat
+            # has no harmless call to probe with); an ambiguous one follows the rule.
             inline_probes=kind is not OperationKind.PAYMENT,
             taken=taken,
         )
@@ -483,16 +491,22 @@ class Router(Generic[P]):
         start: float,
         attempts: list[Attempt],
         lock: threading.Lock,
+        once: bool,
     ) -> bool:
         """Record a failed try; raise :class:`_Stop` when nothing else may be tried;
-        return whether the outcome must be resolved (an ambiguous payment) rather than
-        failed over."""
+        return whether the outcome must be resolved (an at-most-once write that may have
+        executed) rather than failed over."""
         elapsed = self.timer.monotonic() - start
         with lock:
             attempts.append(Attempt(r.name, type(exc).__name__, elapsed, isinstance(exc, Rejected)))
         self._record(r, exc, mode, epoch)
         action = classify(
-            kind, exc, provider=r.name, operation=operation, overrides=self.classification
+            kind,
+            exc,
+            provider=r.name,
+            operation=operation,
+            overrides=self.classification,
+            once=once,
         )
         if action is Action.FAIL_NOW:
             raise _Stop(exc) from exc
@@ -522,13 +536,22 @@ class Router(Generic[P]):
         probe: MakeSync | None = None,
         hedge: bool = False,
         providers: Collection[str] | None = None,
+        once: bool | None = None,
+        ambiguous: str = "hold",
     ) -> Routed[Any]:
         """Serve ``operation``: ``make(route)`` builds the call for one provider.
 
         Args:
-            resolve: for payments, ``resolve(route)`` builds a status query whose result
-                is the value when the payment executed, or ``None`` when it provably did
-                not.
+            resolve: for at-most-once writes, ``resolve(route)`` builds a lookup at that
+                provider whose result is the value when the write executed, or ``None``
+                when it provably did not; ``resolve(route)`` itself returns ``None`` when
+                that provider has no lookup that can tell.
+            once: the operation is an at-most-once write (default: ``kind`` is
+                ``PAYMENT``): a try that may have executed is never sent again, to the
+                same provider (unless it deduplicates the operation) or another.
+            ambiguous: what to do when such a try cannot be resolved: ``"hold"`` raises
+                :class:`OutcomeUnknown`; ``"fail_over"`` goes on to the next provider
+                (never back to this one) and names this one in ``maybe_executed``.
             probe: builds a cheap call used to probe a recovering provider in the
                 background; reads default to the call itself.
             hedge: hedge to the next provider after the primary's p95 latency.
@@ -536,12 +559,14 @@ class Router(Generic[P]):
                 one that issued a login code).
 
         Raises:
-            the provider's error for a business refusal; :class:`OutcomeUnknown` for a
-            payment whose outcome cannot be learned; :class:`Unavailable` when every
-            provider failed or was skipped.
+            the provider's error for a business refusal; :class:`OutcomeUnknown` for an
+            at-most-once write whose outcome cannot be learned; :class:`Unavailable` when
+            every provider failed or was skipped.
         """
         attempts: list[Attempt] = []
         taken: dict[str, tuple[str, int]] = {}
+        maybe: list[str] = []
+        once_ = kind is OperationKind.PAYMENT if once is None else once
         prober = probe or (make if kind is OperationKind.READ else None)
         eligible = self._begin(
             operation, kind, prober, providers, attempts, taken, spawn=self._spawn_probe
@@ -557,12 +582,16 @@ class Router(Generic[P]):
                 value = r.for_kind(kind).call(
                     make(r),
                     operation=operation,
-                    **self._options(item, eligible),
+                    **self._options(item, eligible, operation, once_),
                     **self._probe_cap(mode),
                 )
             except Exception as exc:
-                if self._failed(r, exc, kind, operation, mode, epoch, start, attempts, lock):
-                    return self._resolve(r, exc, resolve, operation, attempts, lock)
+                if self._failed(r, exc, kind, operation, mode, epoch, start, attempts, lock, once_):
+                    lookup = resolve(r) if resolve is not None else None
+                    if lookup is None:
+                        self._hold(r, exc, operation, attempts, maybe, ambiguous)
+                        raise
+                    return self._resolve(r, exc, lookup, operation, attempts, lock)
                 raise
             return self._succeeded(r, value, mode, start, attempts, lock)
 
@@ -593,23 +622,38 @@ class Router(Generic[P]):
         finally:
             self._give_back(taken)
         if isinstance(found, _Found):
-            return self._routed(found.value, found.route, attempts)
-        raise self._unavailable(operation, attempts)
+            return self._routed(found.value, found.route, attempts, maybe)
+        raise self._unavailable(operation, attempts, maybe)
+
+    def _hold(
+        self,
+        r: Route[P],
+        exc: BaseException,
+        operation: str,
+        attempts: list[Attempt],
+        maybe: list[str],
+        ambiguous: str,
+    ) -> None:
+        """An at-most-once try that may have executed and that no lookup can settle:
+        held as unknown (raises :class:`_Stop`), or, with ``ambiguous="fail_over"``,
+        noted in ``maybe`` so the caller goes on to the next provider."""
+        if ambiguous == "fail_over":
+            maybe.append(r.name)
+            return
+        raise _Stop(self._unknown(r, exc, operation, attempts, needs_reconciliation=True)) from exc
 
     def _resolve(
         self,
         r: Route[P],
         exc: BaseException,
-        resolve: MakeSync | None,
+        lookup: Callable[[CallContext], Any],
         operation: str,
         attempts: list[Attempt],
         lock: threading.Lock,
     ) -> Any:
-        if resolve is None:
-            raise _Stop(self._unknown(r, exc, operation, attempts)) from exc
         start = self.timer.monotonic()
         try:
-            value = resolve(r)(CallContext(operation + ".resolve"))
+            value = lookup(CallContext(operation + ".resolve"))
         except Exception as err:
             raise self._unresolved(r, exc, err, start, operation, attempts, lock) from err
         return self._resolved(r, exc, value)
@@ -639,16 +683,27 @@ class Router(Generic[P]):
 
     @staticmethod
     def _unknown(
-        r: Route[P], exc: BaseException, operation: str, attempts: list[Attempt]
+        r: Route[P],
+        exc: BaseException,
+        operation: str,
+        attempts: list[Attempt],
+        *,
+        needs_reconciliation: bool = False,
     ) -> OutcomeUnknown:
+        how = (
+            f"{r.name} has no lookup that can settle it"
+            if needs_reconciliation
+            else f"its status could not be learned from {r.name}"
+        )
         err = OutcomeUnknown(
-            f"{operation} at {r.name}: outcome unknown after {type(exc).__name__}; "
-            "not failed over to avoid a double charge",
+            f"{operation} at {r.name}: outcome unknown after {type(exc).__name__} and {how};"
+            " held, not sent again to it or to another provider, so it cannot run twice",
             provider=r.name,
             operation=operation,
-            request_sent=True,
+            attempts=attempts,
+            needs_reconciliation=needs_reconciliation,
+            code="needs_reconciliation" if needs_reconciliation else "outcome_unknown",
         )
-        err.attempts = tuple(attempts)
         err.__cause__ = exc
         return err
 
@@ -734,10 +789,14 @@ class Router(Generic[P]):
         probe: MakeAsync | None = None,
         hedge: bool = False,
         providers: Collection[str] | None = None,
+        once: bool | None = None,
+        ambiguous: str = "hold",
     ) -> Routed[Any]:
         """The async form of :meth:`call`; hedged losers are cancelled."""
         attempts: list[Attempt] = []
         taken: dict[str, tuple[str, int]] = {}
+        maybe: list[str] = []
+        once_ = kind is OperationKind.PAYMENT if once is None else once
         aprober = probe or (make if kind is OperationKind.READ else None)
         eligible = self._begin(
             operation, kind, aprober, providers, attempts, taken, spawn=self._aspawn_probe
@@ -753,7 +812,7 @@ class Router(Generic[P]):
                 value = await r.for_kind(kind).acall(
                     make(r),
                     operation=operation,
-                    **self._options(item, eligible),
+                    **self._options(item, eligible, operation, once_),
                     **self._probe_cap(mode),
                 )
             except asyncio.CancelledError:
@@ -763,8 +822,12 @@ class Router(Generic[P]):
                     self.detector.release_probe(r.domain, epoch)
                 raise
             except Exception as exc:
-                if self._failed(r, exc, kind, operation, mode, epoch, start, attempts, lock):
-                    return await self._aresolve(r, exc, resolve, operation, attempts, lock)
+                if self._failed(r, exc, kind, operation, mode, epoch, start, attempts, lock, once_):
+                    lookup = resolve(r) if resolve is not None else None
+                    if lookup is None:
+                        self._hold(r, exc, operation, attempts, maybe, ambiguous)
+                        raise
+                    return await self._aresolve(r, exc, lookup, operation, attempts, lock)
                 raise
             return self._succeeded(r, value, mode, start, attempts, lock)
 
@@ -794,23 +857,21 @@ class Router(Generic[P]):
         finally:
             self._give_back(taken)
         if isinstance(found, _Found):
-            return self._routed(found.value, found.route, attempts)
-        raise self._unavailable(operation, attempts)
+            return self._routed(found.value, found.route, attempts, maybe)
+        raise self._unavailable(operation, attempts, maybe)
 
     async def _aresolve(
         self,
         r: Route[P],
         exc: BaseException,
-        resolve: MakeAsync | None,
+        lookup: Callable[[CallContext], Awaitable[Any]],
         operation: str,
         attempts: list[Attempt],
         lock: threading.Lock,
     ) -> Any:
-        if resolve is None:
-            raise _Stop(self._unknown(r, exc, operation, attempts)) from exc
         start = self.timer.monotonic()
         try:
-            value = await resolve(r)(CallContext(operation + ".resolve"))
+            value = await lookup(CallContext(operation + ".resolve"))
         except Exception as err:
             raise self._unresolved(r, exc, err, start, operation, attempts, lock) from err
         return self._resolved(r, exc, value)

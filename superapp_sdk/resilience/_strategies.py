@@ -30,6 +30,7 @@ from superapp_sdk._errors import (
 from superapp_sdk.core.breaker import BreakerMachine, BreakerMetrics, BreakerOptions, BreakerState
 from superapp_sdk.core.budget import RetryBudget
 from superapp_sdk.core.latency import LatencyTracker
+from superapp_sdk.core.routing import may_have_executed
 from superapp_sdk.resilience._base import (
     NO_RETRY_ATTR,
     AsyncNext,
@@ -707,8 +708,12 @@ class Retry(_Bound):
         """Whether ``exc`` is worth another try of this call.
 
         With no alternate left (``ctx.last_resort``), the wider ``retry_on_last_resort``
-        applies: a timeout is better retried than turned into ``Unavailable``.
+        applies: a timeout is better retried than turned into ``Unavailable``. Whatever
+        the predicates say, an at-most-once write that may have executed at a provider
+        that does not deduplicate it (``ctx.resend`` False) is never sent again.
         """
+        if not ctx.resend and may_have_executed(exc):
+            return False
         if ctx.last_resort:
             return self.retry_on_last_resort(exc)
         return self.retry_on(exc)

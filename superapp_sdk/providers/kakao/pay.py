@@ -36,15 +36,15 @@ credential and merchant-configuration errors raise
 -9798) raise a retryable :class:`~superapp_sdk._errors.ProviderError`.
 
 Duplicate protection: KakaoPay has no ``Idempotency-Key`` header and does not deduplicate
-approvals, cancels or subscription charges. Every write still takes an
-``idempotency_key`` (the Toss and Stripe alternates send theirs), and the SDK keeps
-payments single by persisting that key per order before the first send and by asking
-:meth:`KakaoPay.status` (the ``order`` endpoint) before retrying or failing over any
-write whose outcome is unknown. A second approval of the same ``tid`` is refused by
-KakaoPay itself (-702). One gap remains: the ``order`` endpoint looks payments up by
-``tid`` only, and a subscription charge's ``tid`` arrives in its answer, so a ``charge``
-whose answer was lost cannot be looked up; the SDK must treat it as possibly executed and
-never fail it over to another provider.
+approvals, cancels or subscription charges (``deduplicates`` is empty), so the SDK never
+sends one of them twice once any byte may have left: it records the write as pending
+before the first send and settles a lost answer with :meth:`KakaoPay.status` (the
+``order`` endpoint). A second approval of the same ``tid`` is refused by KakaoPay itself
+(-702), raised as :class:`~superapp_sdk._errors.AlreadyExecuted` and settled the same
+way. The ``order`` endpoint looks payments up by ``tid`` only, and a subscription
+charge's ``tid`` arrives in its answer, so a ``charge`` whose answer was lost cannot be
+looked up: the SDK holds that order as *needs reconciliation* for an operator and never
+charges it again, here or at another provider.
 
 Merchant codes: ``cid`` serves one-time payments, ``subscription_cid`` serves recurring
 ones (``ready(..., recurring=True)`` issues a ``sid`` on approval; ``charge`` uses it). A
@@ -63,6 +63,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 
 from superapp_sdk._errors import (
+    AlreadyExecuted,
     Declined,
     ProviderError,
     RateLimited,
@@ -118,6 +119,9 @@ KAKAOPAY_STATUSES: Mapping[str, PaymentStatus] = {
 }
 
 _UNKNOWN_TID = -721
+#: "Already approved": an earlier approval of this tid went through (its answer may have
+#: been lost); settled by looking the tid up, never by approving again.
+_ALREADY_APPROVED = -702
 _DECLINED_CODES = frozenset(
     {-701, -702, -703, -704, -705, -706, -707, -708, -710}
     | {-721, -722, -723, -724, -725, -726}
@@ -172,6 +176,8 @@ class KakaoPay:
 
     capability = Capability.PAYMENT
     operations = PAYMENT_OPERATIONS
+    #: KakaoPay deduplicates no write by key (see the module docstring).
+    deduplicates: frozenset[str] = frozenset()
 
     def __init__(
         self,
@@ -644,6 +650,8 @@ def _error(response: httpx.Response, *, provider: str, operation: str) -> SuperA
         )
     if code in _UNAUTHORIZED_CODES or status in (401, 403):
         return Unauthorized(text, **common)
+    if code == _ALREADY_APPROVED:
+        return AlreadyExecuted(text, **common)
     if code in _DECLINED_CODES:
         return Declined(text, **common)
     return status_error(

@@ -62,6 +62,8 @@ class KakaoTalk:
 
     capability = Capability.CHAT
     operations = frozenset({"chat.send"})
+    #: The Message API takes no deduplication key: a resend is a second message.
+    deduplicates: frozenset[str] = frozenset()
 
     def __init__(
         self,

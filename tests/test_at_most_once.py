@@ -1,0 +1,464 @@
+"""At most once, proven from the providers' own records: the cases seen on main, each
+against the simulated Kakao data center on loopback with the answer lost *after* the
+provider applied the write.
+
+Every assertion about money or messages reads what a provider executed (the KakaoPay
+simulator's ledger, the KakaoTalk deliveries, the alternates' calls), never the SDK's own
+records.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from superapp_sdk import (
+    ChatPolicy,
+    NeedsReconciliation,
+    OfflinePolicy,
+    OutcomeUnknown,
+    SuperApp,
+    Timeouts,
+    Unavailable,
+    Via,
+)
+from superapp_sdk._errors import InvalidRequest, ProviderConnectError
+from superapp_sdk.capabilities.payment import Approval, PaymentStatus
+from superapp_sdk.core.breaker import BreakerOptions
+from superapp_sdk.core.domains import DomainOptions
+from superapp_sdk.providers._http import run_call
+from superapp_sdk.testing import FaultTransport, Hang, Reset, for_paths
+from superapp_sdk.testing._faults import Fault
+from superapp_sdk.testing.echo import EchoChat, EchoPay
+from superapp_sdk.testing.kakao import DataCenterServer, KakaoDataCenter
+
+pytestmark = pytest.mark.network
+
+USER = "user-minji"
+SUBSCRIPTION = "/pay/online/v1/payment/subscription"
+APPROVE = "/pay/online/v1/payment/approve"
+CANCEL = "/pay/online/v1/payment/cancel"
+ORDER = "/pay/online/v1/payment/order"
+TALK = "/kapi/v1/api/talk/friends/message/default/send"
+
+
+class Both:
+    """The first schedule that names a fault wins."""
+
+    def __init__(self, *schedules: Callable[[int, httpx.Request], Fault | None]) -> None:
+        self.schedules = schedules
+
+    def __call__(self, index: int, request: httpx.Request) -> Fault | None:
+        for schedule in self.schedules:
+            fault = schedule(index, request)
+            if fault is not None:
+                return fault
+        return None
+
+
+class Once:
+    """A fault for the first request to a path only; every later one passes."""
+
+    def __init__(self, path: str, fault: Fault, times: int = 1) -> None:
+        self.path = path
+        self.fault = fault
+        self.left = times
+
+    def __call__(self, index: int, request: httpx.Request) -> Fault | None:
+        if self.left and request.url.path.startswith(self.path):
+            self.left -= 1
+            return self.fault
+        return None
+
+
+class Rig:
+    """The data center on loopback behind a fault transport, with in-process alternates."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        schedule: Callable[[int, httpx.Request], Fault | None],
+        *,
+        chat_policy: ChatPolicy = ChatPolicy.FAIL_OVER,
+        inner: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.dc = KakaoDataCenter()
+        self.server = DataCenterServer(self.dc)
+        self.server.start()
+        self.transport = FaultTransport(
+            schedule, inner=inner or httpx.HTTPTransport(), max_hang=3.0
+        )
+        self.client = httpx.Client(transport=self.transport)
+        kakao = self.server.adapters()
+        self.echo_chat = EchoChat()
+        self.echo_pay = EchoPay()
+        self.events: list[object] = []
+        self.app = SuperApp(
+            chat=[kakao.talk, self.echo_chat],
+            payment=[kakao.pay, self.echo_pay],
+            state_dir=tmp / "state",
+            http_client=self.client,
+            timeouts=Timeouts(read=1.0, write=1.0, payment=1.0, floor=0.2),
+            breaker=BreakerOptions(minimum_calls=3, window_size=10, open_seconds=0.3),
+            domains=DomainOptions(open_seconds=0.3, failures_per_capability=1),
+            chat_policy=chat_policy,
+        )
+        self.app.on(NeedsReconciliation, self.events.append)
+        creds = self.dc.credentials
+        self.uuid = creds.friend_uuids[0]
+        self.app.directory.put(USER, provider="kakao.talk", address=self.uuid)
+        self.app.directory.put(USER, provider="echo.chat", address="minji@echo")
+        self.app.directory.put(USER, provider="kakao.pay", billing_key=creds.billing_key)
+        self.app.directory.put(
+            USER, provider="echo.pay", billing_key=self.echo_pay.issue_billing_key(USER)
+        )
+
+    def executed_charges(self, order_id: str) -> int:
+        """Charges of ``order_id`` every provider executed, from their own records."""
+        kakao = len(self.dc.payment.charges(order_id))
+        echo = len(self.echo_pay.charges(order_id))
+        return kakao + echo
+
+    def kakao_deliveries(self, text: str) -> int:
+        return sum(1 for d in self.dc.chat.deliveries(to=self.uuid) if d.text == text)
+
+    def echo_deliveries(self, text: str) -> int:
+        return sum(1 for m in self.echo_chat.messages() if m.text == text)
+
+    def close(self) -> None:
+        self.app.close()
+        self.client.close()
+        self.server.stop()
+
+
+@pytest.fixture
+def make_rig(tmp_path: Path) -> Iterator[Callable[..., Rig]]:
+    rigs: list[Rig] = []
+
+    def make(schedule: Callable[[int, httpx.Request], Fault | None], **kw: object) -> Rig:
+        rig = Rig(tmp_path / str(len(rigs)), schedule, **kw)  # type: ignore[arg-type]
+        rigs.append(rig)
+        return rig
+
+    yield make
+    for rig in rigs:
+        rig.close()
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+# -- case 1: a subscription charge applied at KakaoPay, its answer lost ----------------
+
+
+@pytest.mark.parametrize("fault", [Reset(delivered=True), Hang(delivered=True)], ids=repr)
+def test_lost_charge_answer_is_held_and_never_charged_again(
+    make_rig: Callable[..., Rig], fault: Fault
+) -> None:
+    """Case 1 (DENY): the charge ran at KakaoPay and its answer was lost; the app's
+    repeat of the same order answers the same held OutcomeUnknown and charges nothing."""
+    rig = make_rig(Once(SUBSCRIPTION, fault))
+    with pytest.raises(OutcomeUnknown) as first:
+        rig.app.payment.charge(order_id="o-1", amount=2_000, user_id=USER)
+    assert first.value.needs_reconciliation
+    assert first.value.ticket
+    with pytest.raises(OutcomeUnknown) as again:
+        rig.app.payment.charge(order_id="o-1", amount=2_000, user_id=USER)
+    assert again.value.ticket == first.value.ticket
+    assert rig.executed_charges("o-1") == 1
+    assert [e.ticket for e in rig.events] == [first.value.ticket]  # type: ignore[attr-defined]
+
+
+def test_lost_charge_answer_with_queue_policy_is_not_replayed(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """Case 1 (QUEUE): a lost charge answer is held, not queued; the outbox worker and an
+    app-level retry after KakaoPay's breaker opened charge neither provider again."""
+    rig = make_rig(Once(SUBSCRIPTION, Reset(delivered=True)))
+    with rig.app:
+        with pytest.raises(OutcomeUnknown) as held:
+            rig.app.payment.charge(
+                order_id="o-q", amount=2_000, user_id=USER, offline=OfflinePolicy.QUEUE
+            )
+        for _ in range(3):
+            with pytest.raises(OutcomeUnknown):
+                rig.app.payment.charge(
+                    order_id="o-q", amount=2_000, user_id=USER, offline=OfflinePolicy.QUEUE
+                )
+        assert rig.app.drain(5.0)
+    assert held.value.needs_reconciliation
+    assert rig.executed_charges("o-q") == 1
+
+
+def test_reconcile_settles_a_held_charge_once(make_rig: Callable[..., Rig]) -> None:
+    """An operator's reconcile(executed=True) makes the held order paid without a second
+    charge; executed=False lets the next charge run, once."""
+    rig = make_rig(Once(SUBSCRIPTION, Reset(delivered=True), times=2))
+    with pytest.raises(OutcomeUnknown) as held:
+        rig.app.payment.charge(order_id="o-r1", amount=2_000, user_id=USER)
+    paid = rig.app.payment.reconcile(held.value.ticket or "", executed=True, by="ops:kim")
+    assert paid is not None
+    assert paid.status is PaymentStatus.APPROVED
+    out = rig.app.payment.charge(order_id="o-r1", amount=2_000, user_id=USER)
+    assert out.value.status is PaymentStatus.APPROVED
+    assert rig.executed_charges("o-r1") == 1
+
+    with pytest.raises(OutcomeUnknown) as held2:
+        rig.app.payment.charge(order_id="o-r2", amount=2_000, user_id=USER)
+    # Said not executed (wrongly, here): the SDK takes the operator's word, and the
+    # provider's ledger shows what that decision cost.
+    assert rig.app.payment.reconcile(held2.value.ticket or "", executed=False, by="ops:kim") is None
+    rig.app.payment.charge(order_id="o-r2", amount=2_000, user_id=USER)
+    assert rig.executed_charges("o-r2") == 2
+    with pytest.raises(InvalidRequest):
+        rig.app.payment.reconcile(held2.value.ticket or "", executed=True, by="ops:kim")
+
+
+# -- case 2: a charge answered after the payment timeout --------------------------------
+
+
+def test_charge_answered_after_the_timeout_runs_once(make_rig: Callable[..., Rig]) -> None:
+    """Case 2: KakaoPay charged but answered after the client's timeout; neither the app's
+    retry nor the alternate charges the order again."""
+    rig = make_rig(Once(SUBSCRIPTION, Hang(delivered=True)))
+    for _ in range(3):
+        with pytest.raises(OutcomeUnknown):
+            rig.app.payment.charge(order_id="o-2", amount=3_000, user_id=USER)
+    assert rig.executed_charges("o-2") == 1
+    assert rig.echo_pay.charges("o-2") == []
+
+
+def test_charge_refused_before_sending_is_retried_and_runs_once(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """The twin: a charge that provably never left (connection refused) may be sent
+    again, and runs exactly once."""
+    rig = make_rig(Once(SUBSCRIPTION, _refused()))
+    out = rig.app.payment.charge(order_id="o-2b", amount=3_000, user_id=USER)
+    assert out.value.status is PaymentStatus.APPROVED
+    assert rig.executed_charges("o-2b") == 1
+
+
+def _refused() -> Fault:
+    from superapp_sdk.testing import Error
+
+    return Error(httpx.ConnectError)
+
+
+# -- case 4: a chat message delivered, its answer lost ----------------------------------
+
+
+LOST_AFTER_DELIVERY: list[Fault] = [
+    Reset(delivered=True),
+    Reset(graceful=True, delivered=True),
+    Hang(delivered=True),
+]
+
+
+@pytest.mark.parametrize("fault", LOST_AFTER_DELIVERY, ids=repr)
+def test_message_is_delivered_at_most_once_by_kakao(
+    make_rig: Callable[..., Rig], fault: Fault
+) -> None:
+    """Case 4: KakaoTalk delivered and the answer was lost; the SDK never sends it to
+    KakaoTalk again (no retry, no replay), and the default policy delivers it through the
+    alternate, marked as a possible duplicate."""
+    rig = make_rig(Once(TALK, fault))
+    with rig.app:
+        out = rig.app.chat.send(to=USER, text="ride here", conversation="c-4")
+        assert rig.app.drain(5.0)
+    assert rig.kakao_deliveries("ride here") == 1
+    assert rig.echo_deliveries("ride here") == 1
+    assert (out.via, out.provider) == (Via.ALTERNATE, "echo.chat")
+    assert out.possible_duplicates == ("kakao.talk",)
+
+
+def test_message_answered_500_after_delivery_is_not_resent(make_rig: Callable[..., Rig]) -> None:
+    """Case 4: a 500 from KakaoTalk may come after delivery; it is never retried there."""
+    rig = make_rig(lambda i, r: None, inner=_AnswerReplaced(httpx.HTTPTransport(), TALK, 500))
+    out = rig.app.chat.send(to=USER, text="code 4512", conversation="c-5")
+    assert rig.kakao_deliveries("code 4512") == 1
+    assert out.possible_duplicates == ("kakao.talk",)
+
+
+def test_message_with_hold_policy_is_held_not_resent(make_rig: Callable[..., Rig]) -> None:
+    """ChatPolicy.HOLD: the ambiguous message goes nowhere else and is held; a repeat with
+    its key answers the same, and nothing is delivered twice."""
+    rig = make_rig(Once(TALK, Reset(delivered=True)), chat_policy=ChatPolicy.HOLD)
+    with pytest.raises(OutcomeUnknown) as held:
+        rig.app.chat.send(to=USER, text="held", conversation="c-6", idempotency_key="k-6")
+    with pytest.raises(OutcomeUnknown) as again:
+        rig.app.chat.send(to=USER, text="held", conversation="c-6", idempotency_key="k-6")
+    assert held.value.needs_reconciliation
+    assert again.value.ticket == held.value.ticket
+    assert rig.kakao_deliveries("held") == 1
+    assert rig.echo_deliveries("held") == 0
+
+
+def test_message_sent_again_with_its_key_is_not_delivered_again(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """A repeated send with the same idempotency key returns the first receipt."""
+    rig = make_rig(lambda i, r: None)
+    first = rig.app.chat.send(to=USER, text="once", idempotency_key="k-7")
+    again = rig.app.chat.send(to=USER, text="once", idempotency_key="k-7")
+    assert again.value == first.value
+    assert rig.kakao_deliveries("once") == 1
+
+
+class _AnswerReplaced(httpx.BaseTransport):
+    """Forwards every request; the first to ``path`` is executed by the server and its
+    answer replaced by ``status`` (a 500 written after the effect was applied)."""
+
+    def __init__(self, inner: httpx.BaseTransport, path: str, status: int) -> None:
+        self.inner = inner
+        self.path = path
+        self.status = status
+        self.left = 1
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if self.left and request.url.path == self.path:
+            self.left -= 1
+            response.read()
+            response.close()
+            return httpx.Response(self.status, html="<h1>500 Internal Server Error</h1>")
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+# -- case 5: cancels ------------------------------------------------------------------
+
+
+def _paid(rig: Rig, order_id: str, amount: int) -> None:
+    checkout = rig.app.payment.start(
+        order_id=order_id,
+        amount=amount,
+        item_name="Ride",
+        user_id=USER,
+        return_url="https://app.example/pay/done",
+    )
+    tid = checkout.value.provider_ref
+    approval = Approval(provider_ref=tid, token=rig.dc.payment.authorize(tid), user_id=USER)
+    rig.app.payment.confirm(order_id=order_id, approval=approval)
+
+
+def _refunded(rig: Rig, order_id: str) -> int:
+    """What KakaoPay says it refunded for the order (its own ``order`` endpoint)."""
+    pay = rig.server.adapters().pay
+    total = 0
+    with httpx.Client() as client:
+        for tid in rig.dc.payment.tids(order_id):
+            payment = run_call(
+                client,
+                pay.status(order_id=order_id, provider_ref=tid),
+                provider=pay.name,
+                operation="payment.status",
+            )
+            total += 0 if payment.canceled_amount is None else payment.canceled_amount.amount
+    return total
+
+
+def test_cancel_without_amount_refunds_what_remains(make_rig: Callable[..., Rig]) -> None:
+    """Case 5: after a partial cancel, amount=None refunds the remainder, not the total."""
+    rig = make_rig(lambda i, r: None)
+    _paid(rig, "o-5", 10_000)
+    rig.app.payment.cancel(order_id="o-5", amount=3_000, reason="partial")
+    out = rig.app.payment.cancel(order_id="o-5", reason="the rest")
+    assert out.value.status is PaymentStatus.CANCELED
+    assert _refunded(rig, "o-5") == 10_000
+
+
+def test_repeated_cancel_with_its_key_refunds_once(make_rig: Callable[..., Rig]) -> None:
+    """Case 5: the first cancel's answer is lost after KakaoPay refunded; the app repeats
+    it with the same cancel_id and nothing more is refunded."""
+    rig = make_rig(Both(Once(CANCEL, Reset(delivered=True)), Once(ORDER, _refused())))
+    _paid(rig, "o-5b", 10_000)
+    with pytest.raises(OutcomeUnknown):
+        rig.app.payment.cancel(order_id="o-5b", amount=1_000, reason="x", cancel_id="c1")
+    out = rig.app.payment.cancel(order_id="o-5b", amount=1_000, reason="x", cancel_id="c1")
+    assert out.value.canceled_amount is not None
+    assert out.value.canceled_amount.amount == 1_000
+    assert _refunded(rig, "o-5b") == 1_000
+
+
+def test_lost_cancel_answer_is_settled_by_lookup(make_rig: Callable[..., Rig]) -> None:
+    """A cancel refunded at KakaoPay whose answer was lost is settled at once by the
+    order lookup, and not sent again."""
+    rig = make_rig(Once(CANCEL, Reset(delivered=True)))
+    _paid(rig, "o-5d", 10_000)
+    out = rig.app.payment.cancel(order_id="o-5d", amount=4_000, reason="x")
+    assert out.value.canceled_amount is not None
+    assert out.value.canceled_amount.amount == 4_000
+    assert _refunded(rig, "o-5d") == 4_000
+
+
+def test_unknown_cancel_is_settled_before_a_new_one(make_rig: Callable[..., Rig]) -> None:
+    """Case 5: without a key, a cancel of unknown outcome is looked up before the next
+    cancel is sent, so a repeat after an uninterpretable error refunds once."""
+    rig = make_rig(Both(Once(CANCEL, Reset(delivered=True)), Once(ORDER, _refused())))
+    _paid(rig, "o-5c", 10_000)
+    with pytest.raises(OutcomeUnknown):
+        rig.app.payment.cancel(order_id="o-5c", amount=1_000, reason="x")
+    rig.app.payment.cancel(order_id="o-5c", amount=2_000, reason="y")
+    assert _refunded(rig, "o-5c") == 3_000
+    with pytest.raises(InvalidRequest):
+        rig.app.payment.cancel(order_id="o-5c", amount=8_000, reason="too much")
+    assert _refunded(rig, "o-5c") == 3_000
+
+
+# -- case 6: recovery -------------------------------------------------------------------
+
+
+def test_replayed_approval_already_executed_is_settled_not_dead_lettered(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """Case 6: the approve ran and its answer was lost; the next try gets "already
+    approved" (-702) and the order is recorded paid, once."""
+    rig = make_rig(Once(APPROVE, Reset(delivered=True)))
+    checkout = rig.app.payment.start(
+        order_id="o-6",
+        amount=5_000,
+        item_name="Ride",
+        user_id=USER,
+        return_url="https://app.example/pay/done",
+    )
+    tid = checkout.value.provider_ref
+    approval = Approval(provider_ref=tid, token=rig.dc.payment.authorize(tid), user_id=USER)
+    dead: list[object] = []
+    rig.app.on("DeadLettered", dead.append)
+    with rig.app:
+        first = rig.app.payment.confirm(order_id="o-6", approval=approval)
+        assert first.value.status in (PaymentStatus.APPROVED, PaymentStatus.PENDING)
+        assert rig.app.drain(5.0)
+    status = rig.app.payment.status("o-6")
+    assert status.value.status is PaymentStatus.APPROVED
+    assert dead == []
+    assert rig.executed_charges("o-6") == 1
+
+
+def test_charge_nobody_received_is_unavailable_and_free_to_retry(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """Every provider refused the connection: Unavailable, nothing charged, nothing held,
+    and the next charge of the order runs once."""
+    rig = make_rig(for_paths(SUBSCRIPTION, _refused()))
+    rig.echo_pay.fail = ProviderConnectError("down", request_sent=False)
+    with pytest.raises(Unavailable):
+        rig.app.payment.charge(order_id="o-x", amount=1_000, user_id=USER)
+    assert rig.executed_charges("o-x") == 0
+    rig.echo_pay.fail = None
+    out = rig.app.payment.charge(order_id="o-x", amount=1_000, user_id=USER)
+    assert out.provider == "echo.pay"
+    assert rig.executed_charges("o-x") == 1
