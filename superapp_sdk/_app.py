@@ -710,16 +710,28 @@ class _Payment(_Service):
 
     def reconcile(
         self, ticket: str, *, executed: bool, by: str, provider_ref: str | None = None
-    ) -> Payment | None:
-        """Settle a payment held as *needs reconciliation* (see
-        :class:`~superapp_sdk.OutcomeUnknown`), after checking the provider's records.
+    ) -> Payment | MessageReceipt | None:
+        """Settle a write held as *needs reconciliation* (an
+        :class:`~superapp_sdk.OutcomeUnknown` with that flag and a ``ticket``), after
+        checking the provider's own records.
 
-        ``executed=True`` records it as charged (``provider_ref`` when known): a repeat
-        of the charge returns it. ``executed=False`` releases the order, which may then
-        be charged again, at any provider. ``by`` names who decided; it is kept.
+        For a charge, ``executed=True`` records it as paid (with ``provider_ref`` when
+        known) and returns the Payment: a repeat of the charge returns it, and nothing is
+        sent. ``executed=False`` releases the order: the next charge runs, at any
+        provider. For a held message, ``executed=True`` records it as delivered and
+        ``executed=False`` lets a repeat with its key send it again. ``by`` names who
+        decided and is kept. The CLI's ``superapp outbox reconcile TICKET`` does the same.
+
+        Raises:
+            InvalidRequest: nothing is held under ``ticket``.
         """
-        return _ops.payment_reconcile(
-            self._st, ticket=ticket, executed=executed, by=by, provider_ref=provider_ref
+        return _ops.reconcile(
+            self._st.store,
+            ticket=ticket,
+            executed=executed,
+            by=by,
+            now=self._st.clock.time(),
+            provider_ref=provider_ref,
         )
 
     def status(self, order_id: str) -> Outcome[Payment]:
@@ -1092,14 +1104,15 @@ class _AsyncPayment(_AsyncService):
 
     async def reconcile(
         self, ticket: str, *, executed: bool, by: str, provider_ref: str | None = None
-    ) -> Payment | None:
+    ) -> Payment | MessageReceipt | None:
         """As :meth:`_Payment.reconcile`."""
         return await asyncio.to_thread(
-            _ops.payment_reconcile,
-            self._st,
+            _ops.reconcile,
+            self._st.store,
             ticket=ticket,
             executed=executed,
             by=by,
+            now=self._st.clock.time(),
             provider_ref=provider_ref,
         )
 

@@ -1078,33 +1078,87 @@ def _refund_settled(
     return settled
 
 
-def payment_reconcile(
-    st: State, *, ticket: str, executed: bool, by: str, provider_ref: str | None = None
-) -> Payment | None:
-    """``app.payment.reconcile``: an operator settles a held order after checking the
-    provider's own records (its merchant console, a settlement file).
+def reconcile(
+    store: Store,
+    *,
+    ticket: str,
+    executed: bool,
+    by: str,
+    now: float,
+    provider_ref: str | None = None,
+) -> Payment | MessageReceipt | None:
+    """An operator settles a held write (:class:`~superapp_sdk.OutcomeUnknown` with
+    ``needs_reconciliation``) after checking the provider's own records: its merchant
+    console or settlement file for a charge, the recipient for a message.
+
+    Needs only the state directory's store, so ``superapp outbox reconcile`` can run it
+    with no provider configured.
 
     Args:
-        ticket: the ``ticket`` of the :class:`~superapp_sdk.OutcomeUnknown`.
+        ticket: the error's ``ticket``.
         executed: whether the provider executed the held write.
-        by: who decided (kept with the order).
-        provider_ref: the provider's payment id, when the operator found it.
+        by: who decided; kept with the record.
+        now: the time of the decision (epoch seconds).
+        provider_ref: for a charge, the provider's payment id, when the operator found it.
 
     Returns:
-        the Payment now recorded (``executed``), or ``None`` (the order may be charged
-        again).
+        For a charge: the Payment now recorded (``executed``), or ``None``, and the order
+        may be charged again, at any provider. For a message: ``None``; ``executed=True``
+        records it as delivered (a repeat with its key sends nothing), ``executed=False``
+        lets a repeat with its key send it again, through the same provider too.
+
+    Raises:
+        InvalidRequest: nothing is held under ``ticket``.
     """
     _text("ticket", ticket, limit=255)
     _text("by", by, limit=200)
     _opt_text("provider_ref", provider_ref)
     if not isinstance(executed, bool):
         raise ValueError(f"executed must be True or False, got {executed!r}")
-    raw = st.store.get(f"reconcile:{ticket}")
-    record = None if raw is None else _payment_record(st, raw.decode())
+    note = f"{by} at {now:.0f}"
+    raw = store.get(f"reconcile:{ticket}")
+    if raw is not None:
+        return _reconcile_payment(store, raw.decode(), ticket, executed, note, provider_ref)
+    message = store.get(f"message:{ticket}")
+    if message is not None:
+        record = _codec.loads(MessageRecord, message, what=f"message {ticket!r}")
+        if record.held:
+            held_at = record.maybe[-1] if record.maybe else None
+            settled = dataclasses.replace(
+                record,
+                held=False,
+                maybe=record.maybe if executed else record.maybe[:-1],
+                provider=held_at if executed else None,
+            )
+            if executed and held_at is not None:
+                settled = dataclasses.replace(
+                    settled,
+                    receipt=MessageReceipt(
+                        message_id=f"reconciled:{ticket}",
+                        provider=held_at,
+                        to="",
+                        conversation=None,
+                        accepted_at=now,
+                    ),
+                )
+            store.set(f"message:{ticket}", _codec.dumps(settled))
+            return None
+    raise InvalidRequest(f"nothing is held under ticket {ticket!r}", code="unknown_ticket")
+
+
+def _reconcile_payment(
+    store: Store,
+    order_id: str,
+    ticket: str,
+    executed: bool,
+    note: str,
+    provider_ref: str | None,
+) -> Payment | None:
+    raw = store.get(_record_key(order_id))
+    record = None if raw is None else _codec.loads(PaymentRecord, raw, what=f"order {order_id!r}")
     if record is None or record.held is None:
-        raise InvalidRequest(f"no held payment has ticket {ticket!r}", code="unknown_ticket")
+        raise InvalidRequest(f"nothing is held under ticket {ticket!r}", code="unknown_ticket")
     operation = record.held
-    note = f"{by} at {st.clock.time():.0f}"
     payment = None
     if executed:
         payment = Payment(
@@ -1125,9 +1179,9 @@ def payment_reconcile(
         )
     else:
         record = dataclasses.replace(record, held=None, provider=None, reconciled_by=note)
-    st.save(_record_key(record.order_id), record)
-    st.store.delete(_pending_key(record.order_id, operation))
-    st.store.delete(f"reconcile:{ticket}")
+    store.set(_record_key(order_id), _codec.dumps(record))
+    store.delete(_pending_key(order_id, operation))
+    store.delete(f"reconcile:{ticket}")
     return payment
 
 

@@ -7,6 +7,8 @@
     superapp outbox show TICKET [--json]
     superapp outbox retry TICKET              put a dead letter back in its queue
     superapp outbox drop TICKET --yes         delete an undelivered write for good
+    superapp outbox reconcile TICKET (--executed | --not-executed) --by NAME
+                                              settle a write held as needs reconciliation
     superapp keys [--json]                    where the sealing key lives, and its mode
     superapp drill [--quick] [--json PATH]    the blackhole drill, as a demonstration
 
@@ -35,7 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO, cast
 
-from superapp_sdk._errors import SuperAppError
+from superapp_sdk._errors import InvalidRequest, SuperAppError
+from superapp_sdk._ops import reconcile
+from superapp_sdk.capabilities.payment import Payment
 from superapp_sdk.core.clock import Clock, SystemClock
 from superapp_sdk.offline.outbox import ItemState, Outbox, OutboxItem, _encode_payload
 from superapp_sdk.store import DiskStore
@@ -402,6 +406,27 @@ def _cmd_outbox_drop(args: argparse.Namespace, out: TextIO, clock: Clock) -> int
     return 0
 
 
+def _cmd_outbox_reconcile(args: argparse.Namespace, out: TextIO, clock: Clock) -> int:
+    store = DiskStore(_existing_state_dir(args))
+    try:
+        settled = reconcile(
+            store.namespace("state"),
+            ticket=args.ticket,
+            executed=args.executed,
+            by=args.by,
+            now=clock.time(),
+            provider_ref=args.provider_ref,
+        )
+    except InvalidRequest as exc:
+        raise CommandError(exc.message) from exc
+    finally:
+        store.close()
+    verdict = "executed" if args.executed else "not executed"
+    what = f": {settled.order_id} paid" if isinstance(settled, Payment) else ""
+    print(f"reconciled {args.ticket} as {verdict} by {args.by}{what}", file=out)
+    return 0
+
+
 @dataclass(frozen=True, slots=True)
 class _KeyFile:
     path: Path
@@ -579,6 +604,20 @@ def build_parser() -> argparse.ArgumentParser:
     drop.add_argument("ticket", metavar="TICKET")
     drop.add_argument("--yes", action="store_true", help="confirm: the write is never delivered")
     drop.set_defaults(run=_cmd_outbox_drop)
+    settle = actions.add_parser(
+        "reconcile", help="settle a held write after checking the provider's own records"
+    )
+    settle.add_argument("ticket", metavar="TICKET", help="the OutcomeUnknown's ticket")
+    verdict = settle.add_mutually_exclusive_group(required=True)
+    verdict.add_argument(
+        "--executed", dest="executed", action="store_true", help="the provider executed it"
+    )
+    verdict.add_argument(
+        "--not-executed", dest="executed", action="store_false", help="it never executed"
+    )
+    settle.add_argument("--by", required=True, metavar="NAME", help="who decided (kept)")
+    settle.add_argument("--provider-ref", metavar="REF", help="the provider's payment id")
+    settle.set_defaults(run=_cmd_outbox_reconcile)
 
     keys = commands.add_parser("keys", help="where the keys live and their file modes")
     keys.add_argument("--json", action="store_true", help="print JSON")

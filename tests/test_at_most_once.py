@@ -28,6 +28,7 @@ from superapp_sdk import (
 )
 from superapp_sdk._errors import InvalidRequest, ProviderConnectError
 from superapp_sdk.capabilities.payment import Approval, PaymentStatus
+from superapp_sdk.cli import main as cli_main
 from superapp_sdk.core.breaker import BreakerOptions
 from superapp_sdk.core.domains import DomainOptions
 from superapp_sdk.providers._http import run_call
@@ -462,3 +463,33 @@ def test_charge_nobody_received_is_unavailable_and_free_to_retry(
     out = rig.app.payment.charge(order_id="o-x", amount=1_000, user_id=USER)
     assert out.provider == "echo.pay"
     assert rig.executed_charges("o-x") == 1
+
+
+# -- reconciliation from the command line ----------------------------------------------
+
+
+def test_cli_reconcile_settles_a_held_charge(
+    make_rig: Callable[..., Rig], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`superapp outbox reconcile TICKET --executed --by NAME` records the held order as
+    paid; the app's next charge of it returns that and KakaoPay's ledger keeps one."""
+    rig = make_rig(Once(SUBSCRIPTION, Reset(delivered=True)))
+    with pytest.raises(OutcomeUnknown) as held:
+        rig.app.payment.charge(order_id="o-cli", amount=2_500, user_id=USER)
+    ticket = held.value.ticket or ""
+    state_dir = str(tmp_path / "0" / "state")
+    code = cli_main(["outbox", "reconcile", ticket, "--executed", "--by", "ops:lee"])
+    assert code != 0  # no state dir given: the default one does not exist
+    code = cli_main(
+        ["--state-dir", state_dir, "outbox", "reconcile", ticket, "--executed", "--by", "ops:lee"]
+    )
+    assert code == 0
+    assert f"reconciled {ticket} as executed by ops:lee" in capsys.readouterr().out
+    out = rig.app.payment.charge(order_id="o-cli", amount=2_500, user_id=USER)
+    assert out.value.status is PaymentStatus.APPROVED
+    assert rig.executed_charges("o-cli") == 1
+    again = cli_main(
+        ["--state-dir", state_dir, "outbox", "reconcile", ticket, "--not-executed", "--by", "x"]
+    )
+    assert again != 0
+    assert "nothing is held" in capsys.readouterr().err
