@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import httpx
 import pytest
 
@@ -104,8 +106,6 @@ def test_a_write_the_provider_cannot_deduplicate_is_never_retried() -> None:
                 raise ProviderConnectError("reset after write", request_sent=True)
             return "ok"
 
-        try:
+        with contextlib.suppress(ProviderConnectError):
             pipeline.call(fn, "chat.send", resend=resend)
-        except ProviderConnectError:
-            pass
         assert calls == expected
