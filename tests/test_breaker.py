@@ -63,6 +63,23 @@ def test_opens_at_failure_rate_once_minimum_calls_reached() -> None:
     assert m.open_until == 1.0 + m.options.open_seconds
 
 
+def test_a_failure_older_than_a_later_success_is_not_counted() -> None:
+    """Calls that hung through an outage and fail after the provider answered a later call
+    do not reopen the breaker: their failures say nothing about now."""
+    m = make(window_size=10, minimum_calls=4, failure_rate=0.5)
+    hung = [m.acquire(0.0, probe=False) for _ in range(4)]
+    call(m, 20.0, failed=False, duration=0.01)
+    for permit in hung:
+        assert permit is not None
+        m.on_failure(permit, 21.0, 21.0)
+    assert m.state is S.CLOSED
+    assert m.metrics(21.0).failures == 0
+    # A failure that began after that success counts as before.
+    for _ in range(4):
+        call(m, 22.0, failed=True)
+    assert m.state is S.OPEN
+
+
 def test_stays_closed_below_failure_rate() -> None:
     """A failure rate under the threshold keeps the breaker closed."""
     m = make(window_size=10, minimum_calls=10, failure_rate=0.5)

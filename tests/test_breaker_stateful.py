@@ -52,6 +52,8 @@ class BreakerModel:
         self.transitions: list[tuple[S, S, float]] = []
         #: (opened at, open_until) of the last opening, checked against the machine.
         self.last_open: tuple[float, float] | None = None
+        #: Start of the latest-started success; an older failure is not counted.
+        self.answered_since = -math.inf
 
     def window(self, now: float) -> tuple[int, int, int]:
         if self.o.window == "count":
@@ -108,6 +110,10 @@ class BreakerModel:
         machine_open_until: float | None,
     ) -> None:
         if epoch != self.epoch:
+            return
+        if not failed:
+            self.answered_since = max(self.answered_since, now - duration)
+        elif now - duration < self.answered_since:
             return
         slow = duration >= self.o.slow_call_seconds
         if probe:

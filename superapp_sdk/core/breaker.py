@@ -195,6 +195,7 @@ class BreakerMachine:
     """
 
     __slots__ = (
+        "_answered_since",
         "_closed_permit",
         "_epoch",
         "_probe_permit",
@@ -237,6 +238,9 @@ class BreakerMachine:
         #: just as another thread changes the state carries the old epoch, and its
         #: result is ignored, as for a call admitted just before the change.
         self.free_permit: Permit | None = self._closed_permit
+        #: When the latest-started successful call began: a failure of a call that began
+        #: before it is old news (the provider has answered since), and is not counted.
+        self._answered_since = -math.inf
         self._probes_left = 0
         self._probe_successes = 0
 
@@ -310,6 +314,14 @@ class BreakerMachine:
         ``failed``, else :meth:`on_success`."""
         if permit.epoch != self._epoch:
             return  # admitted under an earlier state; its result says nothing about now
+        started = now - duration
+        if not failed:
+            self._answered_since = max(self._answered_since, started)
+        elif started < self._answered_since:
+            # A call that hung through an outage and failed after the provider was back
+            # (and had answered a later call) says nothing about now: counting it would
+            # reopen a breaker just after recovery.
+            return
         state = self.state
         slow = duration >= self.options.slow_call_seconds
         if permit.probe:
