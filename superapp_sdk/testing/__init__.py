@@ -1,10 +1,10 @@
 """Test doubles and fault injection for applications built on superapp-sdk.
 
 ``FakeClock`` drives every timer of the SDK by hand; ``FaultTransport`` injects faults at
-the httpx transport seam; ``HangingServer``, ``FullBacklogListener``, ``RefusingAddress``,
-``FaultProxy`` and ``NetnsBlackhole`` fail real loopback sockets; ``UvicornServer`` runs
-simulators; ``superapp_sdk.testing.kakao`` is a simulated Kakao data center that can be set
-on fire.
+the httpx transport seam, ``Lost`` among them (the server executes, the answer is lost);
+``HangingServer``, ``FullBacklogListener``, ``RefusingAddress``, ``FaultProxy`` and
+``NetnsBlackhole`` fail real loopback sockets; ``UvicornServer`` runs simulators;
+``superapp_sdk.testing.kakao`` is a simulated Kakao data center that can be set on fire.
 """
 
 from superapp_sdk.testing._clock import FakeClock
@@ -15,6 +15,8 @@ from superapp_sdk.testing._faults import (
     FaultTransport,
     Hang,
     Latency,
+    Lost,
+    LostHow,
     Malformed,
     Reset,
     Schedule,
@@ -54,6 +56,8 @@ __all__ = [
     "Hang",
     "HangingServer",
     "Latency",
+    "Lost",
+    "LostHow",
     "Malformed",
     "NetnsBlackhole",
     "NetnsError",

@@ -15,6 +15,17 @@ A schedule maps ``(index, request)`` to a fault or ``None`` (pass through). It i
 a plain list is a :func:`sequence`, a single fault is :func:`always`, and any callable with
 the same signature works too.
 
+Lost answers: :class:`Lost` forwards the request, so the server executes it, and then
+loses the answer: ``Lost("reset")`` raises :class:`httpx.ReadError` (a reset after the
+write), ``Lost("hang")`` waits out the read timeout, ``Lost("500")`` answers an HTML 500
+page instead, ``Lost("late", seconds=3)`` answers after 3 s or times out first, and
+``Lost("refuse_next")`` resets and then refuses the next request on the transport, as a
+host that crashed right after executing. These are the faults an at-most-once write must
+survive without executing twice::
+
+    transport = FaultTransport(sequence(Lost("reset")), inner=httpx.ASGITransport(app))
+    # the first POST executes in ``app`` and raises httpx.ReadError; the rest pass
+
 Time: with a :class:`~superapp_sdk.testing.FakeClock`, latency and hangs advance the fake
 clock and return at once; without one they really wait (``time.sleep`` / ``asyncio.sleep``),
 hangs bounded by ``max_hang`` and cut short by ``close()``.
@@ -26,7 +37,7 @@ import asyncio
 import errno
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, Literal, Protocol, TypeAlias, TypeVar, assert_never
 
@@ -41,6 +52,8 @@ __all__ = [
     "FaultTransport",
     "Hang",
     "Latency",
+    "Lost",
+    "LostHow",
     "Malformed",
     "Reset",
     "Schedule",
@@ -221,10 +234,77 @@ class Reset:
         return f"Reset({', '.join(args)})"
 
 
-Fault: TypeAlias = Error | Status | Latency | Hang | Malformed | Reset
+LostHow: TypeAlias = Literal["reset", "hang", "500", "late", "refuse_next"]
+"""How :class:`Lost` loses an answer."""
+
+_LOST_HOWS: tuple[LostHow, ...] = ("reset", "hang", "500", "late", "refuse_next")
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """The server executes the request, and its answer never reaches the client.
+
+    The request is forwarded to the inner transport and its answer is read in full and
+    closed, so the effect is applied before the client learns anything; then the answer
+    is lost as ``how`` says:
+
+    - ``"reset"``: :class:`httpx.ReadError` with ``ECONNRESET``, as when the connection is
+      reset after the request was written.
+    - ``"hang"``: wait out the request's read timeout (or ``pool``, capped by
+      ``max_hang``), then :class:`httpx.ReadTimeout`, as :class:`Hang` does.
+    - ``"500"``: an HTTP 500 with a small HTML page instead of the real answer, as a proxy
+      whose backend crashed while answering sends.
+    - ``"late"``: the real answer after ``seconds``; when the read timeout is shorter,
+      :class:`httpx.ReadTimeout` at that timeout instead (the answer arrives after the
+      client gave up).
+    - ``"refuse_next"``: as ``"reset"``, and the next request on the same transport,
+      whatever the schedule says, is refused with :class:`httpx.ConnectError` without
+      being forwarded (the host crashed right after executing); ``faults`` records that
+      request's fault as an :class:`Error`.
+
+    Args:
+        how: one of the above.
+        seconds: with ``how="late"`` only (required there): how late the answer is (>= 0).
+
+    Example: ``sequence(Lost("refuse_next"))`` makes a first charge execute and raise
+    ``ReadError``, and a retry of it raise ``ConnectError``.
+    """
+
+    how: LostHow
+    seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.how not in _LOST_HOWS:
+            raise ValueError(f"how must be one of {_LOST_HOWS}, got {self.how!r}")
+        if self.how == "late":
+            if self.seconds is None or not self.seconds >= 0:
+                raise ValueError(f"seconds must be >= 0 with how='late', got {self.seconds!r}")
+        elif self.seconds is not None:
+            raise ValueError(f"seconds applies to how='late' only, got how={self.how!r}")
+
+    def __repr__(self) -> str:
+        if self.seconds is None:
+            return f"Lost({self.how!r})"
+        return f"Lost({self.how!r}, seconds={self.seconds!r})"
+
+
+Fault: TypeAlias = Error | Status | Latency | Hang | Malformed | Reset | Lost
 """Any one injectable fault."""
 
-_FAULT_TYPES = (Error, Status, Latency, Hang, Malformed, Reset)
+_FAULT_TYPES = (Error, Status, Latency, Hang, Malformed, Reset, Lost)
+
+# What ``Lost("500")`` answers instead of the real answer.
+_LOST_500 = Status(
+    500,
+    headers={"Content-Type": "text/html"},
+    body=b"<html><body><h1>500 Internal Server Error</h1></body></html>",
+)
+
+# What the request after a ``Lost("refuse_next")`` gets, whatever the schedule says.
+_REFUSED = Error(
+    httpx.ConnectError,
+    f"[Errno {errno.ECONNREFUSED}] Connection refused (injected, after a lost answer)",
+)
 
 
 # ------------------------------------------------------------------------ schedules
@@ -444,11 +524,17 @@ class _Recorder:
         self.faults: list[Fault | None] = []
         self.forwarded: list[httpx.Request] = []
         self.counts: Counter[Fault] = Counter()
+        self.refusing = False
 
     def decide(self, request: httpx.Request) -> Fault | None:
         with self.lock:
             index = len(self.requests)
             self.requests.append(request)
+            if self.refusing:
+                self.refusing = False
+                self.faults.append(_REFUSED)
+                self.counts[_REFUSED] += 1
+                return _REFUSED
             # Reserve the slot before asking the schedule, so concurrent requests get
             # distinct indexes even when a user schedule is slow.
             self.faults.append(None)
@@ -464,6 +550,10 @@ class _Recorder:
     def note_forwarded(self, request: httpx.Request) -> None:
         with self.lock:
             self.forwarded.append(request)
+
+    def refuse_next(self) -> None:
+        with self.lock:
+            self.refusing = True
 
     def timeout(self, request: httpx.Request, phase: Literal["read", "connect"]) -> float | None:
         timeouts = request.extensions.get("timeout", {})
@@ -512,6 +602,113 @@ def _static_response(fault: Status | Malformed, request: httpx.Request) -> httpx
         fault.status,
         headers={"Content-Type": fault.content_type},
         content=fault.body,
+        request=request,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Forward:
+    """Send the request to the inner transport (answered: its response).
+
+    With ``drain`` the answer is read in full and closed first, so the server is done with
+    the request, and handed back with its body in memory; a response built in memory
+    (``MockTransport``) is already both.
+    """
+
+    drain: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Wait:
+    """Wait ``seconds`` (answered: True when ``close()`` cut the wait short)."""
+
+    seconds: float
+
+
+_Step: TypeAlias = _Forward | _Wait
+_Answer: TypeAlias = httpx.Response | bool | None
+_Play: TypeAlias = Generator[_Step, _Answer, httpx.Response]
+
+
+def _forward(*, drain: bool) -> Generator[_Step, _Answer, httpx.Response]:
+    response = yield _Forward(drain)
+    assert isinstance(response, httpx.Response)
+    return response
+
+
+def _wait(seconds: float) -> Generator[_Step, _Answer, bool]:
+    closed = yield _Wait(seconds)
+    assert isinstance(closed, bool)
+    return closed
+
+
+def _play(fault: Fault | None, request: httpx.Request, record: _Recorder) -> _Play:
+    """What ``fault`` does to ``request``, for both transports (one sans-IO home for every
+    fault's behaviour): yields the steps to take, then returns the response or raises the
+    error the client sees."""
+    match fault:
+        case None:
+            return (yield from _forward(drain=False))
+        case Latency(seconds=seconds):
+            yield from _delay(seconds, request, record)
+            return (yield from _forward(drain=False))
+        case Hang(phase=phase, delivered=delivered):
+            if delivered:
+                yield from _forward(drain=True)
+            seconds = record.hang_seconds(request, phase)
+            closed = yield from _wait(seconds)
+            raise _timeout_error(request, phase, seconds, closed)
+        case Reset(delivered=True):
+            yield from _forward(drain=True)
+            raise _static_error(fault, request)
+        case Error() | Reset():
+            raise _static_error(fault, request)
+        case Status() | Malformed():
+            return _static_response(fault, request)
+        case Lost():
+            return (yield from _play_lost(fault, request, record))
+        case _:
+            assert_never(fault)
+
+
+def _play_lost(fault: Lost, request: httpx.Request, record: _Recorder) -> _Play:
+    answer = yield from _forward(drain=True)
+    match fault.how:
+        case "reset" | "refuse_next":
+            if fault.how == "refuse_next":
+                record.refuse_next()
+            raise _static_error(Reset(), request)
+        case "hang":
+            return (yield from _play(Hang(), request, record))
+        case "500":
+            return _static_response(_LOST_500, request)
+        case "late":
+            assert fault.seconds is not None
+            yield from _delay(fault.seconds, request, record)
+            return answer
+        case _:
+            assert_never(fault.how)
+
+
+def _delay(
+    seconds: float, request: httpx.Request, record: _Recorder
+) -> Generator[_Step, _Answer, None]:
+    """Wait ``seconds``, or raise ``ReadTimeout`` at the read timeout when that is sooner."""
+    limit = record.timeout(request, "read")
+    if limit is not None and seconds > limit:
+        yield from _wait(limit)
+        raise _timeout_error(request, "read", limit, closed=False)
+    yield from _wait(seconds)
+
+
+def _buffered(response: httpx.Response, raw: bytes, request: httpx.Request) -> httpx.Response:
+    """``response`` again, its body (still encoded as sent) held in memory."""
+    extensions = {k: v for k, v in response.extensions.items() if k != "network_stream"}
+    return httpx.Response(
+        response.status_code,
+        headers=response.headers,
+        stream=httpx.ByteStream(raw),
+        extensions=extensions,
         request=request,
     )
 
@@ -574,9 +771,10 @@ class FaultTransport(_RecordView[httpx.BaseTransport], httpx.BaseTransport):
 
     Args:
         schedule: which fault each request gets (see the module docs); default: none.
-        inner: where requests that get no fault (or a ``Latency`` or ``delivered`` fault)
-            go. Default: a :class:`httpx.MockTransport` answering 200 ``{}``; any sync
-            transport works (``MockTransport``, ``HTTPTransport``, ``WSGITransport``).
+        inner: where requests that get no fault (or a ``Latency``, ``Lost`` or
+            ``delivered`` fault) go. Default: a :class:`httpx.MockTransport` answering
+            200 ``{}``; any sync transport works (``MockTransport``, ``HTTPTransport``,
+            ``WSGITransport``).
         clock: a :class:`FakeClock` for virtual time; without one, waits are real.
         max_hang: the longest a :class:`Hang` waits, in seconds (> 0), for requests
             without a timeout and as a cap on long ones.
@@ -598,37 +796,31 @@ class FaultTransport(_RecordView[httpx.BaseTransport], httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Apply this request's fault, or forward it to the inner transport."""
-        fault = self._record.decide(request)
-        match fault:
-            case None:
-                return self._forward(request)
-            case Latency(seconds=seconds):
-                limit = self._record.timeout(request, "read")
-                if limit is not None and seconds > limit:
-                    self._wait(limit)
-                    raise _timeout_error(request, "read", limit, closed=False)
-                self._wait(seconds)
-                return self._forward(request)
-            case Hang(phase=phase, delivered=delivered):
-                if delivered:
-                    self._forward(request).close()
-                seconds = self._record.hang_seconds(request, phase)
-                closed = self._wait(seconds)
-                raise _timeout_error(request, phase, seconds, closed)
-            case Reset(delivered=True):
-                self._forward(request).close()
-                raise _static_error(fault, request)
-            case Error() | Reset():
-                raise _static_error(fault, request)
-            case Status() | Malformed():
-                return _static_response(fault, request)
-            case _:
-                assert_never(fault)
+        play = _play(self._record.decide(request), request, self._record)
+        answer: _Answer = None
+        try:
+            while True:
+                match play.send(answer):
+                    case _Forward(drain=drain):
+                        answer = self._forward(request, drain=drain)
+                    case _Wait(seconds=seconds):
+                        answer = self._wait(seconds)
+        except StopIteration as done:
+            response: httpx.Response = done.value
+            return response
+        finally:
+            play.close()
 
-    def _forward(self, request: httpx.Request) -> httpx.Response:
+    def _forward(self, request: httpx.Request, *, drain: bool) -> httpx.Response:
         self._record.note_forwarded(request)
         response = self._inner.handle_request(request)
-        return response
+        if not drain or response.is_stream_consumed:
+            return response
+        try:
+            raw = b"".join(response.iter_raw())
+        finally:
+            response.close()
+        return _buffered(response, raw, request)
 
     def _wait(self, seconds: float) -> bool:
         """Wait ``seconds`` (virtually with a clock); True when cut short by ``close()``."""
@@ -669,36 +861,31 @@ class AsyncFaultTransport(_RecordView[httpx.AsyncBaseTransport], httpx.AsyncBase
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Apply this request's fault, or forward it to the inner transport."""
-        fault = self._record.decide(request)
-        match fault:
-            case None:
-                return await self._forward(request)
-            case Latency(seconds=seconds):
-                limit = self._record.timeout(request, "read")
-                if limit is not None and seconds > limit:
-                    await self._wait(limit)
-                    raise _timeout_error(request, "read", limit, closed=False)
-                await self._wait(seconds)
-                return await self._forward(request)
-            case Hang(phase=phase, delivered=delivered):
-                if delivered:
-                    await (await self._forward(request)).aclose()
-                seconds = self._record.hang_seconds(request, phase)
-                closed = await self._wait(seconds)
-                raise _timeout_error(request, phase, seconds, closed)
-            case Reset(delivered=True):
-                await (await self._forward(request)).aclose()
-                raise _static_error(fault, request)
-            case Error() | Reset():
-                raise _static_error(fault, request)
-            case Status() | Malformed():
-                return _static_response(fault, request)
-            case _:
-                assert_never(fault)
+        play = _play(self._record.decide(request), request, self._record)
+        answer: _Answer = None
+        try:
+            while True:
+                match play.send(answer):
+                    case _Forward(drain=drain):
+                        answer = await self._forward(request, drain=drain)
+                    case _Wait(seconds=seconds):
+                        answer = await self._wait(seconds)
+        except StopIteration as done:
+            response: httpx.Response = done.value
+            return response
+        finally:
+            play.close()
 
-    async def _forward(self, request: httpx.Request) -> httpx.Response:
+    async def _forward(self, request: httpx.Request, *, drain: bool) -> httpx.Response:
         self._record.note_forwarded(request)
-        return await self._inner.handle_async_request(request)
+        response = await self._inner.handle_async_request(request)
+        if not drain or response.is_stream_consumed:
+            return response
+        try:
+            raw = b"".join([chunk async for chunk in response.aiter_raw()])
+        finally:
+            await response.aclose()
+        return _buffered(response, raw, request)
 
     async def _wait(self, seconds: float) -> bool:
         """Wait ``seconds`` (virtually with a clock); True when cut short by ``aclose()``."""
