@@ -21,7 +21,7 @@ from superapp_sdk.testing import (
     Lost,
     sequence,
 )
-from superapp_sdk.testing.kakao import DataCenterServer, KakaoDataCenter
+from superapp_sdk.testing.kakao import Burn, DataCenterServer, KakaoDataCenter
 
 SIM = "http://kakao.sim"
 TIMEOUT = httpx.Timeout(5.0, read=2.0)
@@ -203,3 +203,103 @@ def test_lost_repr() -> None:
     """Lost's repr reads as the call that made it."""
     assert repr(Lost("reset")) == "Lost('reset')"
     assert repr(Lost("late", seconds=2.5)) == "Lost('late', seconds=2.5)"
+
+
+# -- FaultProxy: LOSE_RESET and LOSE_HANG over real sockets ----------------------------------
+
+
+@pytest.fixture
+def proxied(server: DataCenterServer) -> Iterator[DataCenterServer]:
+    yield server
+    server.restore()
+
+
+@pytest.mark.network
+def test_lose_reset_delivers_then_resets_the_client(
+    dc: KakaoDataCenter, proxied: DataCenterServer
+) -> None:
+    """Burn.LOSE_RESET: KakaoPay charges, and the client's connection is reset."""
+    order, lost_before = new_order(), proxied.proxy("payment").lost
+    proxied.burn(Burn.LOSE_RESET, ["payment"])
+    with httpx.Client(timeout=TIMEOUT) as client, pytest.raises(httpx.ReadError):
+        client.send(charge_request(dc, proxied.url_for("payment"), order))
+    assert charged(dc, order) == 1
+    assert proxied.proxy("payment").lost == lost_before + 1
+
+
+@pytest.mark.network
+def test_lose_hang_delivers_then_stays_silent(
+    dc: KakaoDataCenter, proxied: DataCenterServer
+) -> None:
+    """Burn.LOSE_HANG: KakaoPay charges, and the client waits out its read timeout."""
+    order = new_order()
+    proxied.burn(Burn.LOSE_HANG, ["payment"])
+    timeout = httpx.Timeout(5.0, read=0.3)
+    with httpx.Client(timeout=timeout) as client, pytest.raises(httpx.ReadTimeout):
+        client.send(charge_request(dc, proxied.url_for("payment"), order))
+    assert charged(dc, order) == 1
+
+
+@pytest.mark.network
+def test_lose_reset_applies_to_a_warm_connection(
+    dc: KakaoDataCenter, proxied: DataCenterServer
+) -> None:
+    """A pooled keep-alive connection loses its next answer once the mode is set."""
+    first, second = new_order(), new_order()
+    url, connections_before = proxied.url_for("payment"), proxied.proxy("payment").connections
+    with httpx.Client(timeout=TIMEOUT) as client:
+        assert client.send(charge_request(dc, url, first)).status_code == 200
+        proxied.burn(Burn.LOSE_RESET, ["payment"])
+        with pytest.raises(httpx.ReadError):
+            client.send(charge_request(dc, url, second))
+    assert (charged(dc, first), charged(dc, second)) == (1, 1)
+    assert proxied.proxy("payment").connections == connections_before + 1
+
+
+@pytest.mark.network
+@pytest.mark.parametrize(
+    ("mode", "seen"), [(Burn.LOSE_RESET, "ReadError"), (Burn.LOSE_HANG, "ReadTimeout")]
+)
+def test_proxy_loses_only_the_next_count_answers(
+    dc: KakaoDataCenter, proxied: DataCenterServer, mode: Burn, seen: str
+) -> None:
+    """set(mode, count=1) loses one answer, then the proxy passes traffic again."""
+    orders = [new_order(), new_order()]
+    proxy = proxied.proxy("payment")
+    proxy.set(mode, count=1)
+    with httpx.Client(timeout=httpx.Timeout(5.0, read=0.3)) as client:
+        got = [outcome(lambda o=o: client.send(charge_request(dc, proxy.url, o))) for o in orders]
+    assert got == [seen, 200]
+    assert [charged(dc, o) for o in orders] == [1, 1]
+    assert proxy.mode is Burn.PASS
+
+
+@pytest.mark.network
+def test_lose_modes_leave_other_services_alone(
+    dc: KakaoDataCenter, proxied: DataCenterServer
+) -> None:
+    """A losing payment proxy does not touch chat's proxy."""
+    proxied.burn(Burn.LOSE_RESET, ["payment"])
+    with httpx.Client(timeout=TIMEOUT) as client:
+        response = client.post(
+            f"{proxied.url_for('chat')}/kapi/v1/api/talk/friends/message/default/send",
+            headers={"Authorization": f"Bearer {dc.credentials.talk_access_token}"},
+            data={
+                "receiver_uuids": f'["{dc.credentials.friend_uuids[0]}"]',
+                "template_object": '{"object_type": "text", "text": "hi", "link": {}}',
+            },
+        )
+    assert response.status_code == 200
+
+
+@pytest.mark.network
+@pytest.mark.parametrize(
+    ("mode", "count", "field"),
+    [(Burn.PASS, 1, "LOSE_"), (Burn.HANG, 2, "LOSE_"), (Burn.LOSE_RESET, 0, "count")],
+)
+def test_proxy_count_is_validated(
+    proxied: DataCenterServer, mode: Burn, count: int, field: str
+) -> None:
+    """count needs a LOSE_ mode and must be at least 1."""
+    with pytest.raises(ValueError, match=field):
+        proxied.proxy("payment").set(mode, count=count)

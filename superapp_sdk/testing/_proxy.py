@@ -8,12 +8,21 @@
         proxy.set(Burn.HANG)      # accept and never answer: the data center is dark
         proxy.set(Burn.REFUSE)    # connection refused
         proxy.set(Burn.RESET)     # accept, then reset
+        proxy.set(Burn.LOSE_RESET)  # deliver every request, reset as its answer starts
+        proxy.set(Burn.LOSE_HANG)   # deliver every request, never pass the answer on
+        proxy.set(Burn.LOSE_RESET, count=1)  # lose one answer, then pass traffic again
         proxy.set(Burn.PASS)      # restored
 
 A mode change applies to open keep-alive connections too: a hanging proxy stops
 forwarding on every connection, which is what a client with a warm connection pool sees
 when a data center loses power. What was sent into the dark is never delivered later:
 when the proxy passes traffic again, connections that were held are closed.
+
+The ``LOSE_`` modes are the other half of an outage: the request reaches the server, which
+executes it (a payment is charged), and its answer is lost on the way back. A connection
+that lost an answer stays lost: ``LOSE_HANG`` keeps it open and silent until the client
+closes it, even after the proxy passes traffic again, as a client waiting on a dead
+connection sees.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import socket
 import struct
 import threading
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
@@ -32,12 +42,37 @@ __all__ = ["Burn", "FaultProxy"]
 
 
 class Burn(enum.Enum):
-    """What the proxy does with traffic."""
+    """What the proxy does with traffic.
+
+    - ``PASS``: bytes flow both ways.
+    - ``HANG``: accept and never answer; nothing is delivered to the server.
+    - ``REFUSE``: refuse connections (the listener is closed).
+    - ``RESET``: accept, then reset; open connections are reset at once.
+    - ``LOSE_RESET``: deliver the client's bytes to the server, discard its answer, and
+      reset (RST) the client's connection as soon as the answer starts arriving.
+    - ``LOSE_HANG``: deliver the client's bytes, discard the answer, and keep the client's
+      connection open and silent.
+    """
 
     PASS = "pass"  # noqa: S105 - a traffic mode, not a password
     HANG = "hang"
     REFUSE = "refuse"
     RESET = "reset"
+    LOSE_RESET = "lose_reset"
+    LOSE_HANG = "lose_hang"
+
+
+#: The modes that deliver requests and lose the answers.
+_LOSING = frozenset({Burn.LOSE_RESET, Burn.LOSE_HANG})
+#: The modes in which the client's bytes reach the server.
+_DELIVERING = _LOSING | {Burn.PASS}
+
+
+@dataclass(slots=True)
+class _Link:
+    """One client connection through the proxy: has it lost an answer?"""
+
+    lost: bool = False
 
 
 class FaultProxy:
@@ -49,6 +84,9 @@ class FaultProxy:
         self.host = host
         self._requested_port = port
         self._mode = Burn.PASS
+        self._losses_left: int | None = None
+        #: How many answers the ``LOSE_`` modes have discarded.
+        self.lost = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
@@ -102,12 +140,27 @@ class FaultProxy:
         assert self._loop is not None
         asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
 
-    def set(self, mode: Burn) -> None:
-        """Switch mode; takes effect for new and open connections."""
-        self._call(self._set(mode))
+    def set(self, mode: Burn, *, count: int | None = None) -> None:
+        """Switch mode; takes effect for new and open connections.
 
-    async def _set(self, mode: Burn) -> None:
+        Args:
+            mode: the new mode.
+            count: with a ``LOSE_`` mode only: lose the next ``count`` answers (>= 1), one
+                per connection that gets an answer, then pass traffic again.
+
+        Raises:
+            ValueError: ``count`` with a mode other than ``LOSE_``, or below 1.
+        """
+        if count is not None:
+            if mode not in _LOSING:
+                raise ValueError(f"count applies to LOSE_RESET and LOSE_HANG only, not {mode}")
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ValueError(f"count must be an int >= 1, got {count!r}")
+        self._call(self._set(mode, count))
+
+    async def _set(self, mode: Burn, count: int | None = None) -> None:
         old, self._mode = self._mode, mode
+        self._losses_left = count
         assert self._resume is not None
         if mode is Burn.PASS:
             self._resume.set()
@@ -164,7 +217,11 @@ class FaultProxy:
         self.stop()
 
     def __repr__(self) -> str:
-        return f"FaultProxy(port={self.port}, upstream={self.upstream[1]}, mode={self._mode.value})"
+        left = "" if self._losses_left is None else f", losses_left={self._losses_left}"
+        return (
+            f"FaultProxy(port={self.port}, upstream={self.upstream[1]}, "
+            f"mode={self._mode.value}{left})"
+        )
 
     # -- connections -------------------------------------------------------------------
 
@@ -190,8 +247,11 @@ class FaultProxy:
             self._writers.add(up_writer)
             for w in (writer, up_writer):
                 _nodelay(w)
+            link = _Link()
             try:
-                await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+                await asyncio.gather(
+                    self._pipe(reader, up_writer), self._answer(up_reader, writer, link)
+                )
             finally:
                 self._writers.discard(up_writer)
                 up_writer.close()
@@ -206,30 +266,80 @@ class FaultProxy:
         except (ConnectionError, OSError):
             pass
 
-    def _passing(self) -> bool:
-        return self._mode is Burn.PASS and not self._closing
+    def _passing(self, modes: frozenset[Burn] = frozenset({Burn.PASS})) -> bool:
+        return self._mode in modes and not self._closing
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        assert self._resume is not None
+        """Carry the client's bytes to the server."""
         try:
             while True:
                 data = await reader.read(65536)
                 if not data:
                     break
-                if not self._passing():
-                    # A dark data center: keep the connection, answer nothing. Bytes that
-                    # arrived while it was dark are never delivered: its hosts restart, and
-                    # connections from before the outage end instead of resuming.
-                    await self._resume.wait()
+                if not self._passing(_DELIVERING):
+                    await self._dark()
                     break
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
             pass
         finally:
-            if writer.can_write_eof():
-                with contextlib.suppress(OSError):
-                    writer.write_eof()
+            _write_eof(writer)
+
+    async def _answer(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link
+    ) -> None:
+        """Carry the server's bytes to the client, or lose them."""
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                if link.lost:
+                    continue
+                if self._passing(_LOSING):
+                    link.lost = True
+                    mode = self._mode
+                    self._spend_loss()
+                    if mode is Burn.LOSE_RESET:
+                        _abort(writer, reset=True)
+                        return
+                    continue
+                if not self._passing():
+                    await self._dark()
+                    break
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            # A lost answer leaves the client waiting: no FIN, even when the server
+            # closes its side (uvicorn drops idle keep-alive connections after 5 s).
+            if not link.lost:
+                _write_eof(writer)
+
+    def _spend_loss(self) -> None:
+        self.lost += 1
+        if self._losses_left is None:
+            return
+        self._losses_left -= 1
+        if self._losses_left == 0:
+            assert self._resume is not None
+            self._mode, self._losses_left = Burn.PASS, None
+            self._resume.set()
+
+    async def _dark(self) -> None:
+        # A dark data center: keep the connection, answer nothing. Bytes that arrived
+        # while it was dark are never delivered: its hosts restart, and connections from
+        # before the outage end instead of resuming.
+        assert self._resume is not None
+        await self._resume.wait()
+
+
+def _write_eof(writer: asyncio.StreamWriter) -> None:
+    if writer.can_write_eof():
+        with contextlib.suppress(OSError):
+            writer.write_eof()
 
 
 def _nodelay(writer: asyncio.StreamWriter) -> None:
