@@ -8,11 +8,13 @@ executed (once), and the client sees the loss.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 import pytest
 
+from superapp_sdk.capabilities._common import Capability
 from superapp_sdk.testing import (
     AsyncFaultTransport,
     Error,
@@ -21,7 +23,7 @@ from superapp_sdk.testing import (
     Lost,
     sequence,
 )
-from superapp_sdk.testing.kakao import Burn, DataCenterServer, KakaoDataCenter
+from superapp_sdk.testing.kakao import Burn, DataCenterServer, Effect, Fire, KakaoDataCenter
 
 SIM = "http://kakao.sim"
 TIMEOUT = httpx.Timeout(5.0, read=2.0)
@@ -303,3 +305,271 @@ def test_proxy_count_is_validated(
     """count needs a LOSE_ mode and must be at least 1."""
     with pytest.raises(ValueError, match=field):
         proxied.proxy("payment").set(mode, count=count)
+
+
+# -- simulators: apply then lose, in the app ------------------------------------------------
+
+
+@pytest.fixture
+async def client(dc: KakaoDataCenter) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=dc.app)) as http:
+        yield http
+
+
+def order_lookup(dc: KakaoDataCenter, tid: str) -> httpx.Request:
+    """KakaoPay's ``order`` lookup of ``tid`` (a read)."""
+    creds = dc.credentials
+    return httpx.Request(
+        "POST",
+        f"{SIM}/pay/online/v1/payment/order",
+        headers={"Authorization": f"SECRET_KEY {creds.pay_secret_key}"},
+        json={"cid": creds.pay_subscription_cid, "tid": tid},
+    )
+
+
+def cancel_request(dc: KakaoDataCenter, tid: str, amount: int) -> httpx.Request:
+    """A KakaoPay cancel (refund) of ``amount`` of ``tid``."""
+    creds = dc.credentials
+    return httpx.Request(
+        "POST",
+        f"{SIM}/pay/online/v1/payment/cancel",
+        headers={"Authorization": f"SECRET_KEY {creds.pay_secret_key}"},
+        json={
+            "cid": creds.pay_subscription_cid,
+            "tid": tid,
+            "cancel_amount": amount,
+            "cancel_tax_free_amount": 0,
+        },
+    )
+
+
+def send_request(dc: KakaoDataCenter, text: str) -> httpx.Request:
+    """A KakaoTalk message to the seeded user's first friend."""
+    template = {"object_type": "text", "text": text, "link": {}}
+    return httpx.Request(
+        "POST",
+        f"{SIM}/kapi/v1/api/talk/friends/message/default/send",
+        headers={"Authorization": f"Bearer {dc.credentials.talk_access_token}"},
+        data={
+            "receiver_uuids": json.dumps([dc.credentials.friend_uuids[0]]),
+            "template_object": json.dumps(template),
+        },
+    )
+
+
+def ride_request(key: str) -> httpx.Request:
+    """A Kakao Mobility ride request under ``key``."""
+    return httpx.Request(
+        "POST",
+        f"{SIM}/mobility/v1/rides",
+        headers={"Authorization": "KakaoAK sim-kakao-rest-key", "Idempotency-Key": key},
+        json={
+            "rider": "user-minji",
+            "origin": {"lat": 37.402056, "lng": 127.108212},
+            "destination": {"lat": 37.497942, "lng": 127.027621},
+        },
+    )
+
+
+async def test_apply_500_charges_and_answers_an_html_500(
+    dc: KakaoDataCenter, client: httpx.AsyncClient
+) -> None:
+    """Fire.APPLY_500: the charge executes, and the answer is an HTML 500 page."""
+    order = new_order()
+    dc.burn(Fire.APPLY_500, ["payment"])
+    response = await client.send(charge_request(dc, SIM, order))
+    assert (response.status_code, response.headers["content-type"]) == (500, "text/html")
+    assert [e.kind for e in dc.payment.effects(order_id=order)] == ["payment.charge"]
+
+
+async def test_apply_modes_serve_reads_normally(
+    dc: KakaoDataCenter, client: httpx.AsyncClient
+) -> None:
+    """KakaoPay's order lookup is a read: an APPLY_ mode answers it as usual."""
+    order = new_order()
+    tid = (await client.send(charge_request(dc, SIM, order))).json()["tid"]
+    dc.burn(Fire.APPLY_500, ["payment"])
+    answer = await client.send(order_lookup(dc, tid))
+    assert (answer.status_code, answer.json()["status"]) == (200, "SUCCESS_PAYMENT")
+
+
+async def test_apply_500_delivers_a_chat_message(
+    dc: KakaoDataCenter, client: httpx.AsyncClient
+) -> None:
+    """Fire.APPLY_500 on chat: the message is delivered, and the sender gets a 500."""
+    dc.burn(Fire.APPLY_500, [Capability.CHAT])
+    response = await client.send(send_request(dc, "apply-500"))
+    assert response.status_code == 500
+    (effect,) = dc.chat.effects("chat.send")[-1:]
+    assert (effect.to, effect.text, effect.key) == (
+        dc.credentials.friend_uuids[0],
+        "apply-500",
+        None,
+    )
+
+
+async def test_apply_late_answers_the_real_answer_late(
+    dc: KakaoDataCenter, client: httpx.AsyncClient
+) -> None:
+    """Fire.APPLY_LATE answers the real answer once slow_seconds have passed."""
+    order, slow = new_order(), dc.fire.slow_seconds
+    dc.fire.slow_seconds = 0.05
+    try:
+        dc.burn(Fire.APPLY_LATE, ["payment"])
+        response = await client.send(charge_request(dc, SIM, order))
+    finally:
+        dc.fire.slow_seconds = slow
+    (charge,) = dc.payment.charges(order)
+    assert (response.status_code, response.json()["tid"]) == (200, charge.tid)
+
+
+@pytest.mark.network
+def test_apply_late_executes_before_the_client_gives_up(
+    dc: KakaoDataCenter, proxied: DataCenterServer
+) -> None:
+    """Over loopback, a client with a shorter timeout than APPLY_LATE times out on a write
+    that already ran."""
+    order, slow = new_order(), dc.fire.slow_seconds
+    dc.fire.slow_seconds = 0.5
+    try:
+        proxied.burn(Fire.APPLY_LATE, ["payment"])
+        with httpx.Client(timeout=httpx.Timeout(5.0, read=0.1)) as http:
+            with pytest.raises(httpx.ReadTimeout):
+                http.send(charge_request(dc, proxied.url_for("payment"), order))
+            assert charged(dc, order) == 1
+    finally:
+        dc.fire.slow_seconds = slow
+
+
+async def test_lose_next_loses_only_the_next_writes(
+    dc: KakaoDataCenter, client: httpx.AsyncClient
+) -> None:
+    """lose_next(count=2) fails two writes after running them; reads between neither see
+    nor spend it, and the third write answers normally."""
+    first, orders = new_order(), [new_order(), new_order()]
+    tid = (await client.send(charge_request(dc, SIM, first))).json()["tid"]
+    dc.lose_next("payment", Fire.APPLY_500, count=2)
+    assert (await client.send(order_lookup(dc, tid))).status_code == 200
+    statuses = [(await client.send(charge_request(dc, SIM, o))).status_code for o in orders]
+    assert dc.fire.owed("payment") == 0
+    assert statuses == [500, 500]
+    assert (await client.send(charge_request(dc, SIM, new_order()))).status_code == 200
+    assert [charged(dc, o) for o in orders] == [1, 1]
+
+
+async def test_lose_next_comes_before_the_steady_mode(
+    dc: KakaoDataCenter, client: httpx.AsyncClient
+) -> None:
+    """An owed loss is spent first; the steady mode applies after it."""
+    order = new_order()
+    dc.burn(Fire.ERROR_5XX, ["payment"])
+    dc.lose_next("payment", Fire.APPLY_500)
+    assert (await client.send(charge_request(dc, SIM, order))).status_code == 500
+    assert (await client.send(charge_request(dc, SIM, new_order()))).status_code == 503
+    assert charged(dc, order) == 1
+
+
+def test_restore_drops_owed_losses(dc: KakaoDataCenter) -> None:
+    """restore() forgets the losses lose_next still owed."""
+    dc.lose_next(Capability.CHAT, Fire.APPLY_LATE, count=3)
+    dc.restore()
+    assert dc.fire.owed("chat") == 0
+
+
+@pytest.mark.parametrize(
+    ("mode", "count", "match"),
+    [(Fire.ERROR_5XX, 1, "mode"), (Fire.APPLY_500, 0, "count"), (Fire.APPLY_500, True, "count")],
+)
+def test_lose_next_is_validated(dc: KakaoDataCenter, mode: Fire, count: int, match: str) -> None:
+    """lose_next takes an APPLY_ mode and a count of at least 1."""
+    with pytest.raises(ValueError, match=match):
+        dc.lose_next("payment", mode, count=count)
+
+
+def test_lose_next_refuses_an_unknown_capability(dc: KakaoDataCenter) -> None:
+    """An unknown capability name is refused, as burn() refuses it."""
+    with pytest.raises(ValueError, match="capabilities"):
+        dc.lose_next("email", Fire.APPLY_500)
+
+
+@pytest.mark.network
+def test_server_lose_next_takes_fire_and_burn_modes(
+    dc: KakaoDataCenter, proxied: DataCenterServer
+) -> None:
+    """DataCenterServer.lose_next loses in the app (Fire) or at the proxy (Burn)."""
+    orders = [new_order() for _ in range(3)]
+    url = proxied.url_for("payment")
+    seen: list[int | str] = []
+    with httpx.Client(timeout=TIMEOUT) as http:
+        for order, mode in zip(orders, (Fire.APPLY_500, Burn.LOSE_RESET, None), strict=True):
+            if mode is not None:
+                proxied.lose_next("payment", mode)
+            seen.append(outcome(lambda o=order: http.send(charge_request(dc, url, o))))
+    assert seen == [500, "ReadError", 200]
+    assert [charged(dc, o) for o in orders] == [1, 1, 1]
+    with pytest.raises(ValueError, match="LOSE_RESET"):
+        proxied.lose_next("payment", Burn.HANG)
+
+
+def test_write_routes_are_the_state_changing_endpoints(dc: KakaoDataCenter) -> None:
+    """Exactly the endpoints that change a provider's state are marked as writes."""
+    writes = {f"{r.method} {r.pattern}" for r in dc.app.routes if r.write}
+    assert writes == {
+        "POST /kauth/oauth/token",
+        "POST /kapi/v1/api/talk/friends/message/default/send",
+        "POST /pay/online/v1/payment/ready",
+        "POST /pay/online/v1/payment/approve",
+        "POST /pay/online/v1/payment/cancel",
+        "POST /pay/online/v1/payment/subscription",
+        "POST /mobility/v1/rides",
+        "POST /mobility/v1/rides/{ride_id}/cancel",
+        "POST /mobility/v1/rentals/{rental_id}/end",
+    }
+
+
+# -- simulators: effects -------------------------------------------------------------------
+
+
+async def test_payment_effects_list_charges_and_refunds(
+    dc: KakaoDataCenter, client: httpx.AsyncClient
+) -> None:
+    """Charges and cancels are effects with order id, tid and amount; a refused cancel is
+    not, so refunds never exceed what was captured."""
+    order = new_order()
+    tid = (await client.send(charge_request(dc, SIM, order))).json()["tid"]
+    for amount in (1_000, 2_000, 1):
+        await client.send(cancel_request(dc, tid, amount))
+    effects = dc.payment.effects(order_id=order)
+    assert [(e.kind, e.ref, e.amount) for e in effects] == [
+        ("payment.charge", tid, 3_000),
+        ("payment.cancel", tid, 1_000),
+        ("payment.cancel", tid, 2_000),
+    ]
+    captured = sum(e.amount or 0 for e in dc.payment.effects("payment.charge", order_id=order))
+    refunded = sum(e.amount or 0 for e in dc.payment.effects("payment.cancel", order_id=order))
+    assert refunded <= captured
+
+
+async def test_mobility_effects_carry_the_key_and_skip_replays(
+    dc: KakaoDataCenter, client: httpx.AsyncClient
+) -> None:
+    """A ride request is an effect under its Idempotency-Key; its replay adds none."""
+    key = f"ride-{new_order()}"
+    dc.lose_next("mobility", Fire.APPLY_500)
+    assert (await client.send(ride_request(key))).status_code == 500
+    replay = await client.send(ride_request(key))
+    assert replay.headers["idempotent-replayed"] == "true"
+    (effect,) = dc.mobility.effects("mobility.request_ride", key=key)
+    assert (effect.ref, effect.rider) == (replay.json()["id"], "user-minji")
+
+
+def test_effects_refuse_an_unknown_kind(dc: KakaoDataCenter) -> None:
+    """effects() names the kinds it knows when given another."""
+    with pytest.raises(ValueError, match=r"payment\.charge"):
+        dc.payment.effects("payment.charged")
+
+
+def test_effect_kind_is_validated() -> None:
+    """An Effect of an unknown kind cannot be made."""
+    with pytest.raises(ValueError, match="kind"):
+        Effect("payment.refund", at=0.0)

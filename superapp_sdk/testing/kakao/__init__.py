@@ -11,8 +11,12 @@ app that can be set on fire one service at a time.
     with DataCenterServer(dc) as server:         # ... or on loopback, behind fault proxies
         kakao = server.adapters()
         server.burn(Fire.ERROR_5XX, ["payment"])
+        server.lose_next("payment", Fire.APPLY_500)   # the next charge runs, its answer 500s
+        assert len(dc.payment.effects("payment.charge")) == 1
 
-Each service's state class is public for tests that need more than the seeded setup.
+Each service's state class is public for tests that need more than the seeded setup; each
+of ``dc.payment``, ``dc.chat`` and ``dc.mobility`` lists what it executed as
+:class:`Effect` records (``effects()``).
 """
 
 from superapp_sdk.testing._proxy import Burn
@@ -24,6 +28,7 @@ from superapp_sdk.testing.kakao._datacenter import (
     KakaoAdapters,
     KakaoDataCenter,
 )
+from superapp_sdk.testing.kakao._effects import EFFECT_KINDS, Effect
 from superapp_sdk.testing.kakao.chat import ChatState
 from superapp_sdk.testing.kakao.identity import IdentityState
 from superapp_sdk.testing.kakao.mobility import MobilityState
@@ -31,11 +36,13 @@ from superapp_sdk.testing.kakao.payment import PaymentState
 
 __all__ = [
     "CAPABILITIES",
+    "EFFECT_KINDS",
     "App",
     "Burn",
     "ChatState",
     "DataCenterCredentials",
     "DataCenterServer",
+    "Effect",
     "Fire",
     "FireControl",
     "IdentityState",

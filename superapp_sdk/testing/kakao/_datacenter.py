@@ -16,6 +16,14 @@ the fire controls that make one service, or all of them, fail at the HTTP level.
         server.burn(Burn.HANG, ["chat"])      # KakaoTalk accepts and never answers
         server.burn(Fire.ERROR_5XX, ["payment"])  # KakaoPay answers 503
         server.restore()
+
+"Apply then lose": ``Fire.APPLY_500`` and ``Fire.APPLY_LATE`` (in the app) and
+``Burn.LOSE_RESET`` and ``Burn.LOSE_HANG`` (at a proxy) let the service execute a write and
+lose its answer; ``lose_next`` loses only the next few::
+
+    dc.lose_next("payment", Fire.APPLY_500)           # the next KakaoPay write runs, 500s
+    server.lose_next("chat", Burn.LOSE_RESET, count=2)  # two sends delivered, then reset
+    assert len(dc.payment.effects("payment.charge")) == 1
 """
 
 from __future__ import annotations
@@ -202,7 +210,10 @@ class KakaoDataCenter:
         """Set the listed capabilities (all four when none is given) on fire.
 
         ``Fire.ERROR_5XX`` answers an HTML 503 page, ``Fire.SLOW`` answers after
-        ``slow_seconds``, ``Fire.HANG`` holds each request ``hang_seconds``.
+        ``slow_seconds``, ``Fire.HANG`` holds each request ``hang_seconds``;
+        ``Fire.APPLY_500`` executes every write and answers an HTML 500 page instead of its
+        answer, ``Fire.APPLY_LATE`` executes every write and answers after
+        ``slow_seconds`` (reads are served normally in both).
 
         Raises:
             ValueError: an unknown capability name.
@@ -211,8 +222,21 @@ class KakaoDataCenter:
             raise ValueError(f"mode must be a Fire mode, got {mode!r}")
         self.fire.burn(mode, _capabilities(capabilities))
 
+    def lose_next(self, capability: str | Capability, mode: Fire, *, count: int = 1) -> None:
+        """Execute the next ``count`` writes to ``capability`` and lose their answers in
+        ``mode`` (``Fire.APPLY_500`` or ``Fire.APPLY_LATE``); the writes after them, and
+        every read, are served as the service's steady mode says. See
+        :meth:`FireControl.lose_next`.
+
+        Raises:
+            ValueError: an unknown capability, a mode that is not ``APPLY_``, count < 1.
+        """
+        (name,) = _capabilities((capability,))
+        self.fire.lose_next(name, mode, count=count)
+
     def restore(self) -> None:
-        """Put out every fire: all four services answer normally again."""
+        """Put out every fire: all four services answer normally again, and no answer is
+        owed to :meth:`lose_next` any more."""
         self.fire.restore()
 
     def issue_code(self, *, nonce: str | None = None) -> str:
@@ -336,9 +360,12 @@ class DataCenterServer:
 
         A :class:`~superapp_sdk.testing._proxy.Burn` mode acts on the sockets, at the
         proxies: ``HANG`` accepts and never answers (open connections go silent too),
-        ``REFUSE`` refuses connections, ``RESET`` resets them, ``PASS`` lets traffic
+        ``REFUSE`` refuses connections, ``RESET`` resets them, ``LOSE_RESET`` delivers
+        each request and resets the connection as its answer starts, ``LOSE_HANG``
+        delivers each request and never passes its answer on, ``PASS`` lets traffic
         through again. A :class:`~superapp_sdk.testing.kakao.Fire` mode acts on HTTP, in
-        the app: ``ERROR_5XX``, ``SLOW``, ``HANG``, ``NORMAL``.
+        the app: ``ERROR_5XX``, ``SLOW``, ``HANG``, ``APPLY_500``, ``APPLY_LATE``,
+        ``NORMAL``.
         """
         names = _capabilities(capabilities)
         if isinstance(mode, Fire):
@@ -348,6 +375,27 @@ class DataCenterServer:
             raise ValueError(f"mode must be a Burn or Fire mode, got {mode!r}")
         for name in names:
             self.proxy(name).set(mode)
+
+    def lose_next(self, capability: str | Capability, mode: Burn | Fire, *, count: int = 1) -> None:
+        """Let ``capability``'s service execute the next ``count`` requests and lose their
+        answers, then serve normally again.
+
+        With ``Fire.APPLY_500`` or ``Fire.APPLY_LATE`` the app loses the answers of the
+        next ``count`` writes (reads pass); with ``Burn.LOSE_RESET`` or ``Burn.LOSE_HANG``
+        the proxy loses the next ``count`` answers of any request, one per connection,
+        and then passes traffic again.
+
+        Raises:
+            ValueError: an unknown capability, a mode that loses no answer, count < 1.
+        """
+        if isinstance(mode, Fire):
+            self.dc.lose_next(capability, mode, count=count)
+            return
+        if mode not in (Burn.LOSE_RESET, Burn.LOSE_HANG):
+            raise ValueError(
+                f"mode must be Burn.LOSE_RESET, Burn.LOSE_HANG or an APPLY_ Fire mode, got {mode!r}"
+            )
+        self.proxy(capability).set(mode, count=count)
 
     def restore(self) -> None:
         """Every proxy passes traffic and every service answers normally again."""

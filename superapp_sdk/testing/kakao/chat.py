@@ -6,7 +6,8 @@ of the sending user, form fields ``receiver_uuids`` (JSON array, 1 to 5 uuids) a
 ``template_object`` (JSON), answers ``{"successful_receiver_uuids": [...]}`` plus
 ``failure_info`` for partial failures, errors as ``{"msg", "code"}``.
 
-Every delivered message is recorded; tests read them with :meth:`ChatState.deliveries`.
+Every delivered message is recorded; tests read them with :meth:`ChatState.deliveries`,
+or as :class:`~superapp_sdk.testing.kakao.Effect` records with :meth:`ChatState.effects`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from superapp_sdk.core.clock import Clock, SystemClock
 from superapp_sdk.testing.kakao._asgi import Request, Response, Route, json_response
+from superapp_sdk.testing.kakao._effects import Effect, EffectLog
 
 __all__ = ["ChatState", "Delivery", "routes"]
 
@@ -60,6 +62,7 @@ class ChatState:
         self._accounts: dict[str, _Account] = {}
         self._refusing: set[str] = set()
         self._deliveries: list[Delivery] = []
+        self._effects = EffectLog()
 
     def add_account(self, access_token: str, *, user: str, friends: Iterable[str] = ()) -> None:
         """A sending account: its access token, its user id, and its friends' uuids."""
@@ -85,6 +88,17 @@ class ChatState:
         """Every delivered message, oldest first (only those to ``to`` when given)."""
         with self._lock:
             return [d for d in self._deliveries if to is None or d.receiver_uuid == to]
+
+    def effects(
+        self, kind: str | None = None, *, order_id: str | None = None, key: str | None = None
+    ) -> tuple[Effect, ...]:
+        """Every delivery as a ``"chat.send"`` effect (one per receiver), oldest first;
+        only those of ``kind``, ``order_id`` and ``key`` when given.
+
+        ``to`` is the receiver's uuid, ``text`` the template's text, ``key`` the
+        request's ``Idempotency-Key`` header (KakaoTalk defines none: ``None``).
+        """
+        return self._effects.effects(kind, order_id=order_id, key=key)
 
     def _failure(self, account: _Account, uuid: str) -> tuple[int, str] | None:
         if uuid not in account.friends:
@@ -150,6 +164,15 @@ class ChatState:
                     account.sent_today += 1
                     successful.append(uuid)
                     self._deliveries.append(Delivery(account.user, uuid, text, template, now))
+                    self._effects.record(
+                        Effect(
+                            "chat.send",
+                            now,
+                            key=request.headers.get("idempotency-key"),
+                            to=uuid,
+                            text=text,
+                        )
+                    )
                 else:
                     failures.setdefault(failure, []).append(uuid)
         if not successful:
@@ -170,4 +193,4 @@ def _invalid(message: str) -> Response:
 
 def routes(state: ChatState) -> list[Route]:
     """The simulated KakaoTalk Message routes, bound to ``state``."""
-    return [Route("POST", SEND_PATH, state.send_endpoint, "chat")]
+    return [Route("POST", SEND_PATH, state.send_endpoint, "chat", write=True)]

@@ -424,7 +424,7 @@ def routes(state: IdentityState) -> list[Route]:
     """The simulated Kakao Login routes, bound to ``state``."""
     return [
         Route("GET", "/kauth/oauth/authorize", state.authorize_endpoint, "identity"),
-        Route("POST", "/kauth/oauth/token", state.token_endpoint, "identity"),
+        Route("POST", "/kauth/oauth/token", state.token_endpoint, "identity", write=True),
         Route(
             "GET",
             "/kauth/.well-known/jwks.json",

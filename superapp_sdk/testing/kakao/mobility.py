@@ -17,8 +17,10 @@ Served under the ``/mobility`` prefix of the simulated Kakao data center:
   ``idempotency_conflict``.
 
 Test helpers on :class:`MobilityState`: :meth:`~MobilityState.start_rental`,
-:meth:`~MobilityState.dispatch`, :meth:`~MobilityState.set_status`, and the counters
-:attr:`~MobilityState.rides` / :meth:`~MobilityState.rentals_ended`.
+:meth:`~MobilityState.dispatch`, :meth:`~MobilityState.set_status`, the counters
+:attr:`~MobilityState.rides` / :meth:`~MobilityState.rentals_ended`, and
+:meth:`~MobilityState.effects`, every ride booked or canceled and rental ended with the key
+it was executed under.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any
 
 from superapp_sdk.core.clock import Clock, SystemClock
 from superapp_sdk.testing.kakao._asgi import Request, Response, Route, json_response
+from superapp_sdk.testing.kakao._effects import Effect, EffectLog
 
 __all__ = ["MobilityState", "TaxiTariff", "haversine_m", "routes"]
 
@@ -171,6 +174,7 @@ class MobilityState:
         self._rides: dict[str, _Ride] = {}
         self._rentals: dict[str, _Rental] = {}
         self._keys: dict[tuple[str, str], _Stored] = {}
+        self._effects = EffectLog()
 
     # -- test helpers ------------------------------------------------------------------
 
@@ -216,6 +220,17 @@ class MobilityState:
         """The receipt of every ended rental, by rental id."""
         with self._lock:
             return {r.rental_id: dict(r.receipt) for r in self._rentals.values() if r.receipt}
+
+    def effects(
+        self, kind: str | None = None, *, order_id: str | None = None, key: str | None = None
+    ) -> tuple[Effect, ...]:
+        """Every ride booked (``"mobility.request_ride"``: ``ref`` the ride id, ``rider``),
+        ride canceled (``"mobility.cancel_ride"``) and rental ended
+        (``"mobility.end_rental"``: ``ref`` the rental id, ``amount`` the fare), each with
+        the ``Idempotency-Key`` it executed under, oldest first; only those of ``kind``,
+        ``order_id`` and ``key`` when given. Replays of a stored key are not listed.
+        """
+        return self._effects.effects(kind, order_id=order_id, key=key)
 
     # -- directions --------------------------------------------------------------------
 
@@ -375,6 +390,15 @@ class MobilityState:
             fare=self.tariff.fare(distance),
         )
         self._rides[ride.ride_id] = ride
+        self._effects.record(
+            Effect(
+                "mobility.request_ride",
+                self.clock.time(),
+                key=request.headers.get("idempotency-key"),
+                ref=ride.ride_id,
+                rider=rider,
+            )
+        )
         return 201, ride.json()
 
     def _cancel(self, request: Request, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -383,6 +407,15 @@ class MobilityState:
             raise _Failure(404, "ride_not_found", "no such ride")
         if ride.status in ("completed", "failed"):
             raise _Failure(409, "ride_not_cancelable", f"the ride is {ride.status}", stored=True)
+        if ride.status != "canceled":
+            self._effects.record(
+                Effect(
+                    "mobility.cancel_ride",
+                    self.clock.time(),
+                    key=request.headers.get("idempotency-key"),
+                    ref=ride.ride_id,
+                )
+            )
         ride.status = "canceled"
         ride.eta_s = None
         return 200, ride.json()
@@ -400,16 +433,23 @@ class MobilityState:
         if rental.receipt is not None:
             raise _Failure(409, "rental_already_ended", "the rental was already ended", stored=True)
         minutes = math.ceil((at - rental.started_at) / 60)
+        fare = self.unlock_fare + minutes * self.per_minute_fare
         rental.receipt = {
             "rental_id": rental.rental_id,
             "receipt_id": f"RC{next(self._ids):012d}",
             "ended_at": float(at),
             "location": location,
-            "fare": {
-                "amount": self.unlock_fare + minutes * self.per_minute_fare,
-                "currency": "KRW",
-            },
+            "fare": {"amount": fare, "currency": "KRW"},
         }
+        self._effects.record(
+            Effect(
+                "mobility.end_rental",
+                self.clock.time(),
+                key=request.headers.get("idempotency-key"),
+                ref=rental.rental_id,
+                amount=fare,
+            )
+        )
         return 200, dict(rental.receipt)
 
 
@@ -455,8 +495,20 @@ def routes(state: MobilityState) -> list[Route]:
     """The simulated Kakao Mobility endpoints, for ``App(... + mobility.routes(state))``."""
     return [
         Route("GET", "/mobility/v1/directions", state.directions, "mobility"),
-        Route("POST", "/mobility/v1/rides", state.request_ride, "mobility"),
+        Route("POST", "/mobility/v1/rides", state.request_ride, "mobility", write=True),
         Route("GET", "/mobility/v1/rides/{ride_id}", state.get_ride, "mobility"),
-        Route("POST", "/mobility/v1/rides/{ride_id}/cancel", state.cancel_ride, "mobility"),
-        Route("POST", "/mobility/v1/rentals/{rental_id}/end", state.end_rental, "mobility"),
+        Route(
+            "POST",
+            "/mobility/v1/rides/{ride_id}/cancel",
+            state.cancel_ride,
+            "mobility",
+            write=True,
+        ),
+        Route(
+            "POST",
+            "/mobility/v1/rentals/{rental_id}/end",
+            state.end_rental,
+            "mobility",
+            write=True,
+        ),
     ]

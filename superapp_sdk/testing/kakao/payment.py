@@ -15,11 +15,15 @@ Each ``tid`` runs KakaoPay's state machine::
 
 Like KakaoPay, the simulator does not deduplicate approvals, cancels or subscription
 charges by any key: the :attr:`PaymentState.ledger` records every executed charge per
-``partner_order_id`` so tests can assert that an order was never charged twice.
+``partner_order_id`` so tests can assert that an order was never charged twice, and
+:meth:`PaymentState.effects` every executed approval, subscription charge and cancel
+(refund) as :class:`~superapp_sdk.testing.kakao.Effect` records, so they can also assert
+that refunds never exceed what was captured.
 
 Test helpers on :class:`PaymentState`: :meth:`~PaymentState.authorize` (the user approves
 in the KakaoPay app; returns the ``pg_token``), :meth:`~PaymentState.quit`,
-:meth:`~PaymentState.issue_sid`, :meth:`~PaymentState.decline`, :meth:`~PaymentState.charges`.
+:meth:`~PaymentState.issue_sid`, :meth:`~PaymentState.decline`, :meth:`~PaymentState.charges`,
+:meth:`~PaymentState.effects`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any
 
 from superapp_sdk.core.clock import Clock, SystemClock
 from superapp_sdk.testing.kakao._asgi import Request, Response, Route, json_response
+from superapp_sdk.testing.kakao._effects import Effect, EffectLog
 
 __all__ = ["Charge", "DeclineRule", "PaymentState", "routes"]
 
@@ -145,6 +150,10 @@ class PaymentState:
         self._sids: dict[str, _Sid] = {}
         self._rules: list[DeclineRule] = []
         self._ledger: dict[str, list[Charge]] = {}
+        self._effects = EffectLog()
+        # The Idempotency-Key of the request being served (KakaoPay defines none, so it
+        # is None unless a test sends one); read by handlers with the lock held.
+        self._key: str | None = None
         #: Every request body received, as ``(endpoint, body)``, in order.
         self.requests: list[tuple[str, dict[str, Any]]] = []
 
@@ -227,6 +236,19 @@ class PaymentState:
         with self._lock:
             return {order: list(charges) for order, charges in self._ledger.items()}
 
+    def effects(
+        self, kind: str | None = None, *, order_id: str | None = None, key: str | None = None
+    ) -> tuple[Effect, ...]:
+        """Every executed approval (``"payment.approve"``), subscription charge
+        (``"payment.charge"``) and cancel (``"payment.cancel"``, ``amount`` refunded),
+        oldest first; only those of ``kind``, ``order_id`` and ``key`` when given.
+
+        ``order_id`` is the ``partner_order_id``, ``ref`` the ``tid``, ``key`` the
+        request's ``Idempotency-Key`` header (KakaoPay defines none: ``None``).
+        Refused requests execute nothing and are not listed.
+        """
+        return self._effects.effects(kind, order_id=order_id, key=key)
+
     # -- handlers ----------------------------------------------------------------------
 
     def handle(self, endpoint: str, request: Request) -> Response:
@@ -242,10 +264,13 @@ class PaymentState:
             return _refusal(_Refusal(-2, "request body must be a JSON object"))
         with self._lock:
             self.requests.append((endpoint, body))
+            self._key = request.headers.get("idempotency-key")
             try:
                 return json_response(handler(body))
             except _Refusal as refusal:
                 return _refusal(refusal)
+            finally:
+                self._key = None
 
     def _ready(self, body: dict[str, Any]) -> dict[str, Any]:
         cid = _text(body, "cid")
@@ -389,6 +414,16 @@ class PaymentState:
         tx.actions.append(
             _action(aid, now, amount, "CANCEL", payload if isinstance(payload, str) else None)
         )
+        self._effects.record(
+            Effect(
+                "payment.cancel",
+                now,
+                key=self._key,
+                order_id=tx.partner_order_id,
+                ref=tx.tid,
+                amount=amount,
+            )
+        )
         return {
             "aid": aid,
             "tid": tx.tid,
@@ -477,6 +512,16 @@ class PaymentState:
         self._ledger.setdefault(tx.partner_order_id, []).append(
             Charge(tx.partner_order_id, tx.partner_user_id, tx.tid, aid, tx.total, kind, now)
         )
+        self._effects.record(
+            Effect(
+                "payment.approve" if kind == "approve" else "payment.charge",
+                now,
+                key=self._key,
+                order_id=tx.partner_order_id,
+                ref=tx.tid,
+                amount=tx.total,
+            )
+        )
         return aid
 
     def _new_sid(self, user_id: str, cid: str) -> str:
@@ -553,6 +598,8 @@ def routes(state: PaymentState) -> list[Route]:
             f"{_PREFIX}/{name}",
             lambda request: state.handle(name, request),
             "payment",
+            # ``order`` is KakaoPay's lookup; every other endpoint changes a payment.
+            write=name != "order",
         )
 
     return [endpoint(name) for name in ("ready", "approve", "cancel", "order", "subscription")]
