@@ -14,7 +14,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import httpx
 import pytest
 
-from superapp_sdk.capabilities._common import Capability
+from superapp_sdk._errors import Declined, IdempotencyConflict, ProviderConnectError
+from superapp_sdk.capabilities._common import Capability, Money
+from superapp_sdk.capabilities.mobility import Place
+from superapp_sdk.capabilities.payment import Payment
+from superapp_sdk.providers._http import DirectCall
 from superapp_sdk.testing import (
     AsyncFaultTransport,
     Error,
@@ -23,6 +27,7 @@ from superapp_sdk.testing import (
     Lost,
     sequence,
 )
+from superapp_sdk.testing.echo import EchoChat, EchoLogin, EchoMobility, EchoPay
 from superapp_sdk.testing.kakao import Burn, DataCenterServer, Effect, Fire, KakaoDataCenter
 
 SIM = "http://kakao.sim"
@@ -573,3 +578,202 @@ def test_effect_kind_is_validated() -> None:
     """An Effect of an unknown kind cannot be made."""
     with pytest.raises(ValueError, match="kind"):
         Effect("payment.refund", at=0.0)
+
+
+# -- echo doubles: effects, dedupe="key", lose_next -----------------------------------------
+
+PANGYO = Place(37.402056, 127.108212, "Pangyo")
+GANGNAM = Place(37.497942, 127.027621, "Gangnam")
+
+
+def echo_charge(
+    pay: EchoPay, billing_key: str, key: str, amount: int = 5_000
+) -> DirectCall[Payment]:
+    return pay.charge(
+        order_id="o-1",
+        amount=Money(amount),
+        item_name="Ride credit",
+        user_id="u-1",
+        billing_key=billing_key,
+        idempotency_key=key,
+    )
+
+
+def test_echo_pay_by_default_refuses_a_second_charge_of_an_order() -> None:
+    """Default EchoPay declares no deduplication and refuses an order charged before."""
+    pay = EchoPay()
+    billing_key = pay.issue_billing_key("u-1")
+    echo_charge(pay, billing_key, "k-1").run(None)
+    with pytest.raises(Declined, match="already charged"):
+        echo_charge(pay, billing_key, "k-2").run(None)
+    assert pay.deduplicates == frozenset()
+    assert [e.key for e in pay.effects("payment.charge", order_id="o-1")] == ["k-1"]
+
+
+def test_echo_pay_dedupe_key_replays_a_repeated_key() -> None:
+    """dedupe='key': the same key and payload answer the stored payment, executing once."""
+    pay = EchoPay(dedupe="key")
+    billing_key = pay.issue_billing_key("u-1")
+    first = echo_charge(pay, billing_key, "k-1").run(None)
+    assert echo_charge(pay, billing_key, "k-1").run(None) == first
+    assert len(pay.effects("payment.charge", order_id="o-1")) == 1
+    assert [c.idempotency_key for c in pay.calls] == ["k-1", "k-1"]
+
+
+def test_echo_pay_dedupe_key_executes_again_for_a_new_key() -> None:
+    """dedupe='key': a new key charges the same order again, as Stripe and Toss would."""
+    pay = EchoPay(dedupe="key")
+    billing_key = pay.issue_billing_key("u-1")
+    first = echo_charge(pay, billing_key, "k-1").run(None)
+    second = echo_charge(pay, billing_key, "k-2").run(None)
+    assert first.provider_ref != second.provider_ref
+    charges = pay.effects("payment.charge", order_id="o-1")
+    assert [(e.key, e.ref, e.amount) for e in charges] == [
+        ("k-1", first.provider_ref, 5_000),
+        ("k-2", second.provider_ref, 5_000),
+    ]
+
+
+def test_echo_pay_dedupe_key_conflicts_on_another_payload() -> None:
+    """dedupe='key': one key with a different amount is a conflict, not a charge."""
+    pay = EchoPay(dedupe="key")
+    billing_key = pay.issue_billing_key("u-1")
+    echo_charge(pay, billing_key, "k-1").run(None)
+    with pytest.raises(IdempotencyConflict):
+        echo_charge(pay, billing_key, "k-1", amount=6_000).run(None)
+    assert len(pay.effects("payment.charge")) == 1
+
+
+def test_echo_deduplicates_names_the_keyed_writes() -> None:
+    """dedupe='key' names each double's writes in deduplicates; the default names none."""
+    assert EchoPay(dedupe="key").deduplicates == {
+        "payment.ready",
+        "payment.approve",
+        "payment.charge",
+        "payment.cancel",
+    }
+    assert EchoChat(dedupe="key").deduplicates == {"chat.send"}
+    assert EchoMobility(dedupe="key").deduplicates == {
+        "mobility.request_ride",
+        "mobility.cancel_ride",
+        "mobility.end_rental",
+    }
+    defaults = (EchoPay(), EchoChat(), EchoMobility(), EchoLogin())
+    assert {p.deduplicates for p in defaults} == {frozenset()}
+
+
+def test_echo_dedupe_is_validated() -> None:
+    """dedupe takes None or 'key' and names itself otherwise."""
+    with pytest.raises(ValueError, match="dedupe"):
+        EchoPay(dedupe="order")  # type: ignore[arg-type]
+
+
+def test_echo_pay_refunds_are_effects_and_never_exceed_the_charge() -> None:
+    """Each refund is a payment.cancel effect; one above what is left executes nothing."""
+    pay = EchoPay()
+    payment = echo_charge(pay, pay.issue_billing_key("u-1"), "k-1").run(None)
+    assert payment.provider_ref is not None
+
+    def refund(key: str, amount: int) -> DirectCall[Payment]:
+        return pay.cancel(
+            order_id="o-1",
+            provider_ref=payment.provider_ref or "",
+            amount=Money(amount),
+            reason="changed mind",
+            idempotency_key=key,
+        )
+
+    refund("c-1", 3_000).run(None)
+    refund("c-2", 1_000).run(None)
+    with pytest.raises(Declined, match="exceeds"):
+        refund("c-3", 2_000).run(None)
+    refunds = pay.effects("payment.cancel", order_id="o-1")
+    assert [(e.key, e.amount) for e in refunds] == [("c-1", 3_000), ("c-2", 1_000)]
+    assert sum(e.amount or 0 for e in refunds) <= 5_000
+
+
+def test_echo_chat_effects_carry_recipient_text_and_key() -> None:
+    """Each EchoChat delivery is an effect with its key; a repeated key delivers nothing."""
+    chat = EchoChat(dedupe="key")
+    for _ in range(2):
+        chat.send(to="lee@example.com", text="your ride is here", idempotency_key="m-1").run(None)
+    (effect,) = chat.effects("chat.send")
+    assert (effect.to, effect.text, effect.key) == ("lee@example.com", "your ride is here", "m-1")
+
+
+def test_echo_mobility_effects_list_rides_and_rental_ends() -> None:
+    """EchoMobility lists booked rides and ended rentals with their keys, replays not."""
+    mobility = EchoMobility(clock=FakeClock())
+    mobility.start_rental("bike-1", started_at=0.0)
+    for _ in range(2):
+        ride = mobility.request_ride(
+            rider="minji", origin=PANGYO, destination=GANGNAM, idempotency_key="r-1"
+        ).run(None)
+    receipt = mobility.end_rental(
+        rental_id="bike-1", location=GANGNAM, at=600.0, idempotency_key="e-1"
+    ).run(None)
+    assert [(e.kind, e.key, e.ref) for e in mobility.effects()] == [
+        ("mobility.request_ride", "r-1", ride.ride_id),
+        ("mobility.end_rental", "e-1", "bike-1"),
+    ]
+    assert mobility.effects("mobility.end_rental")[0].amount == receipt.fare.amount
+
+
+def test_echo_lose_next_executes_then_raises() -> None:
+    """lose_next(): the charge executes, the caller gets a sent-request connection error."""
+    pay = EchoPay()
+    billing_key = pay.issue_billing_key("u-1")
+    pay.lose_next()
+    with pytest.raises(ProviderConnectError) as caught:
+        echo_charge(pay, billing_key, "k-1").run(None)
+    assert caught.value.request_sent is True
+    assert len(pay.effects("payment.charge")) == 1
+    assert [(c.failed, c.lost) for c in pay.calls] == [(False, True)]
+
+
+def test_echo_lose_next_then_same_key_retry_replays_with_dedupe_key() -> None:
+    """After a lost answer, a retry under the same key gets the stored payment, once."""
+    pay = EchoPay(dedupe="key")
+    billing_key = pay.issue_billing_key("u-1")
+    pay.lose_next(operation="payment.charge")
+    with pytest.raises(ProviderConnectError):
+        echo_charge(pay, billing_key, "k-1").run(None)
+    retried = echo_charge(pay, billing_key, "k-1").run(None)
+    (effect,) = pay.effects("payment.charge")
+    assert retried.provider_ref == effect.ref
+
+
+async def test_echo_lose_next_counts_and_filters_by_operation() -> None:
+    """lose_next(count=2, operation=...) loses two sends only; other operations answer."""
+    chat = EchoChat()
+    chat.lose_next(RuntimeError("lost"), count=2, operation="chat.send")
+    assert await chat.history("lee", limit=5).arun(None) == []
+    for key in ("m-1", "m-2"):
+        with pytest.raises(RuntimeError, match="lost"):
+            await chat.send(to="lee", text="hi", idempotency_key=key).arun(None)
+    await chat.send(to="lee", text="hi", idempotency_key="m-3").arun(None)
+    assert [e.key for e in chat.effects()] == ["m-1", "m-2", "m-3"]
+    assert [c.lost for c in chat.calls] == [False, True, True, False]
+
+
+def test_echo_fail_wins_over_a_pending_loss() -> None:
+    """While fail is set nothing executes and the pending loss is kept for later."""
+    chat = EchoChat()
+    chat.lose_next()
+    chat.fail = ProviderConnectError("down", request_sent=False)
+    with pytest.raises(ProviderConnectError, match="down"):
+        chat.send(to="lee", text="hi", idempotency_key="m-1").run(None)
+    chat.fail = None
+    with pytest.raises(ProviderConnectError, match="answer lost"):
+        chat.send(to="lee", text="hi", idempotency_key="m-1").run(None)
+    assert len(chat.effects()) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"count": 0}, "count"), ({"operation": "chat.sent"}, "operation")],
+)
+def test_echo_lose_next_is_validated(kwargs: dict[str, object], field: str) -> None:
+    """lose_next refuses a count below 1 and an operation the provider does not have."""
+    with pytest.raises(ValueError, match=field):
+        EchoChat().lose_next(**kwargs)  # type: ignore[arg-type]

@@ -4,7 +4,8 @@
 the httpx transport seam, ``Lost`` among them (the server executes, the answer is lost);
 ``HangingServer``, ``FullBacklogListener``, ``RefusingAddress``, ``FaultProxy`` and
 ``NetnsBlackhole`` fail real loopback sockets; ``UvicornServer`` runs simulators;
-``superapp_sdk.testing.kakao`` is a simulated Kakao data center that can be set on fire.
+``superapp_sdk.testing.kakao`` is a simulated Kakao data center that can be set on fire, and
+``superapp_sdk.testing.echo`` in-process alternates; both list the effects they executed.
 """
 
 from superapp_sdk.testing._clock import FakeClock

@@ -19,15 +19,28 @@ invalid authorization code), and deduplicate writes by idempotency key like Stri
 payload raises :class:`~superapp_sdk._errors.IdempotencyConflict`). Keys are scoped per
 operation, so one key per order may serve an order's ready, approve and cancel.
 
+Deduplication is declared, not only done: ``deduplicates`` names the operations a provider
+promises to deduplicate by idempotency key, which is what the SDK trusts when it decides
+whether a write whose answer was lost may be sent to it again. By default it is empty, so
+the SDK treats the double like KakaoPay or KakaoTalk, which promise nothing (the double
+still replays a repeated key as above, and ``EchoPay`` refuses a second charge of an order
+already charged). With ``dedupe="key"`` it names the double's writes, as Stripe, Toss and
+LINE document theirs, and ``EchoPay`` deduplicates by key alone: a new key charges an
+order again.
+
 ``fail``, when set, makes every network operation raise that exception (a fresh
 traceback each time) before it touches any state; operations without I/O
 (``authorize_url``, ``deep_links``) are unaffected, as they are for every provider.
-Every attempt is recorded in ``calls``. All of it is thread-safe.
+:meth:`~_Echo.lose_next` instead lets the next operations execute and then raises, as when
+the answer of a write that ran is lost. Every attempt is recorded in ``calls``, with the
+idempotency key it carried; every executed charge, refund, message, ride and rental end
+in ``effects()``. All of it is thread-safe.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import itertools
 import json
@@ -37,7 +50,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -47,6 +60,8 @@ from superapp_sdk._errors import (
     Declined,
     IdempotencyConflict,
     InvalidRequest,
+    ProviderConnectError,
+    SuperAppError,
     Unauthorized,
 )
 from superapp_sdk.capabilities._common import Capability, Money
@@ -71,6 +86,7 @@ from superapp_sdk.capabilities.payment import (
 )
 from superapp_sdk.core.clock import Clock, SystemClock
 from superapp_sdk.providers._http import DirectCall
+from superapp_sdk.testing.kakao._effects import Effect, EffectLog
 from superapp_sdk.testing.kakao.mobility import TaxiTariff, haversine_m
 
 if TYPE_CHECKING:
@@ -79,9 +95,13 @@ if TYPE_CHECKING:
     from superapp_sdk.capabilities.mobility import MobilityProvider
     from superapp_sdk.capabilities.payment import PaymentProvider
 
-__all__ = ["EchoCall", "EchoChat", "EchoLogin", "EchoMobility", "EchoPay"]
+__all__ = ["Dedupe", "EchoCall", "EchoChat", "EchoLogin", "EchoMobility", "EchoPay"]
 
 T = TypeVar("T")
+
+Dedupe = Literal["key"] | None
+"""What an echo provider promises to deduplicate by: ``None`` (nothing declared) or
+``"key"`` (its writes, by idempotency key)."""
 
 
 def _require(name: str, value: object) -> str:
@@ -122,12 +142,20 @@ class EchoCall:
     Attributes:
         operation: the operation name (``"chat.send"``).
         arguments: the arguments it was called with, read-only.
-        failed: True when the ``fail`` switch made it raise.
+        failed: True when the ``fail`` switch made it raise (nothing executed).
+        lost: True when :meth:`~_Echo.lose_next` made it raise after it executed.
     """
 
     operation: str
     arguments: Mapping[str, object] = field(hash=False)
     failed: bool = False
+    lost: bool = False
+
+    @property
+    def idempotency_key(self) -> str | None:
+        """The idempotency key the call carried, if the operation takes one."""
+        key = self.arguments.get("idempotency_key")
+        return key if isinstance(key, str) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,15 +165,33 @@ class _Stored:
 
 
 class _Echo:
-    """What every echo provider shares: identity, the fail switch, the record, the lock."""
+    """What every echo provider shares: identity, the fail and lose switches, the record of
+    calls and effects, the lock."""
 
-    def __init__(self, *, name: str, failure_domain: str, clock: Clock | None) -> None:
+    #: The operations this provider implements.
+    operations: frozenset[str]
+    #: The operations this provider deduplicates by idempotency key with ``dedupe="key"``.
+    keyed_operations: frozenset[str] = frozenset()
+
+    def __init__(
+        self, *, name: str, failure_domain: str, clock: Clock | None, dedupe: Dedupe = None
+    ) -> None:
         self.name = _require("name", name)
         self.failure_domain = _require("failure_domain", failure_domain)
+        if dedupe not in (None, "key"):
+            raise ValueError(f"dedupe must be None or 'key', got {dedupe!r}")
+        self.dedupe: Dedupe = dedupe
+        #: The operations this provider promises to deduplicate by idempotency key (see
+        #: the module docstring): empty unless ``dedupe="key"``.
+        self.deduplicates: frozenset[str] = (
+            self.keyed_operations if dedupe == "key" else frozenset()
+        )
         self._clock: Clock = clock or SystemClock()
         self._lock = threading.RLock()
         self._fail: Exception | None = None
+        self._losses: list[tuple[Exception | None, str | None]] = []
         self._calls: list[EchoCall] = []
+        self._effects = EffectLog()
         self._keys: dict[tuple[str, str], _Stored] = {}
         self._ids = itertools.count(1)
 
@@ -168,8 +214,62 @@ class _Echo:
         with self._lock:
             return list(self._calls)
 
-    def _record(self, operation: str, arguments: Mapping[str, object], *, failed: bool) -> None:
-        self._calls.append(EchoCall(operation, MappingProxyType(dict(arguments)), failed))
+    def effects(
+        self, kind: str | None = None, *, order_id: str | None = None, key: str | None = None
+    ) -> tuple[Effect, ...]:
+        """Every effect this provider executed, oldest first; only those of ``kind``,
+        ``order_id`` and ``key`` (the idempotency key it executed under) when given.
+
+        A call answered from a stored idempotency key, refused, or stopped by ``fail``
+        executed nothing and is not listed; one stopped by :meth:`lose_next` is.
+        """
+        return self._effects.effects(kind, order_id=order_id, key=key)
+
+    def lose_next(
+        self, error: Exception | None = None, *, count: int = 1, operation: str | None = None
+    ) -> None:
+        """Let the next ``count`` network operations (of ``operation`` only, when given)
+        execute and then raise ``error`` instead of answering: the effect is applied and
+        the answer lost.
+
+        Args:
+            error: what each raises; by default a
+                :class:`~superapp_sdk._errors.ProviderConnectError` with
+                ``request_sent=True`` (a connection reset after the request was sent).
+            count: how many operations lose their answer (>= 1).
+            operation: the operation name (``"payment.charge"``); any when not given.
+
+        ``fail`` wins over a pending loss: an operation it stops executes nothing and does
+        not spend the loss.
+        """
+        if error is not None and not isinstance(error, Exception):
+            raise ValueError(f"error must be an Exception or None, got {error!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"count must be an int >= 1, got {count!r}")
+        if operation is not None and operation not in self.operations:
+            raise ValueError(
+                f"operation must be one of {sorted(self.operations)}, got {operation!r}"
+            )
+        with self._lock:
+            self._losses.extend([(error, operation)] * count)
+
+    def _record(
+        self, operation: str, arguments: Mapping[str, object], *, failed: bool, lost: bool = False
+    ) -> None:
+        self._calls.append(EchoCall(operation, MappingProxyType(dict(arguments)), failed, lost))
+
+    def _take_loss(self, operation: str) -> Exception | None:
+        """The error that replaces this operation's answer, if a loss is pending for it."""
+        for i, (error, wanted) in enumerate(self._losses):
+            if wanted is None or wanted == operation:
+                del self._losses[i]
+                return error or ProviderConnectError(
+                    "connection reset after the request was sent (injected: answer lost)",
+                    provider=self.name,
+                    operation=operation,
+                    request_sent=True,
+                )
+        return None
 
     def _call(
         self, operation: str, arguments: Mapping[str, object], body: Callable[[], T]
@@ -178,9 +278,16 @@ class _Echo:
             # In memory: nothing to wait for, so ``timeout`` never runs out.
             with self._lock:
                 error = self._fail
-                self._record(operation, arguments, failed=error is not None)
-                if error is None:
-                    return body()
+                if error is not None:
+                    self._record(operation, arguments, failed=True)
+                else:
+                    error = self._take_loss(operation)
+                    self._record(operation, arguments, failed=False, lost=error is not None)
+                    if error is None:
+                        return body()
+                    # The operation runs; its answer, a result or a refusal, is lost.
+                    with contextlib.suppress(SuperAppError):
+                        body()
             raise error.with_traceback(None)
 
         async def arun(timeout: float | None) -> T:
@@ -243,12 +350,18 @@ class EchoChat(_Echo):
         name: the provider name.
         failure_domain: the failure domain.
         clock: time for receipts and messages.
+        dedupe: ``"key"`` declares ``chat.send`` in ``deduplicates``, as LINE's
+            ``X-Line-Retry-Key`` is: a repeated key is not delivered again (the double
+            behaves so either way; see the module docstring).
 
     Messages sent without a ``conversation`` are kept under the recipient's address.
+    Every delivery is a ``"chat.send"`` effect (``to``, ``text``, ``key``, ``ref`` the
+    message id) in :meth:`effects`.
     """
 
     capability = Capability.CHAT
     operations = frozenset({"chat.send", "chat.history"})
+    keyed_operations = frozenset({"chat.send"})
 
     def __init__(
         self,
@@ -258,8 +371,9 @@ class EchoChat(_Echo):
         name: str = "echo.chat",
         failure_domain: str = "echo",
         clock: Clock | None = None,
+        dedupe: Dedupe = None,
     ) -> None:
-        super().__init__(name=name, failure_domain=failure_domain, clock=clock)
+        super().__init__(name=name, failure_domain=failure_domain, clock=clock, dedupe=dedupe)
         if isinstance(recipients, str):
             raise ValueError(f"recipients must be a collection of addresses, got {recipients!r}")
         self._recipients = None if recipients is None else set(recipients)
@@ -303,6 +417,9 @@ class EchoChat(_Echo):
             thread = conversation or to
             self._log.setdefault(thread, []).append(
                 Message(message_id, thread, self.sender, text, now)
+            )
+            self._effects.record(
+                Effect(operation, now, key=idempotency_key, ref=message_id, to=to, text=text)
             )
             return MessageReceipt(message_id, self.name, to, conversation, now)
 
@@ -369,25 +486,42 @@ class EchoPay(_Echo):
     The user "approves" at once: :attr:`Checkout.redirect_url` is the app's return URL
     with ``provider_ref``, ``token`` and ``order_id`` in its query, ready for an
     :class:`~superapp_sdk.capabilities.payment.Approval`. Billing keys come from
-    :meth:`issue_billing_key`; :meth:`decline` configures card refusals. Like Toss's
-    ``orderId``, an order charged once is never charged again by this provider.
+    :meth:`issue_billing_key`; :meth:`decline` configures card refusals. By default, like
+    Toss's ``orderId``, an order charged once is never charged again by this provider.
 
     Args:
         name: the provider name.
         failure_domain: the failure domain.
         clock: time for approvals and checkout expiry.
+        dedupe: ``"key"`` makes it deduplicate by idempotency key only, as Stripe and
+            Toss do: a repeated key with the same payload answers the stored result, a new
+            key executes again, even for an order already charged. ``deduplicates`` then
+            names ``payment.ready``, ``payment.approve``, ``payment.charge`` and
+            ``payment.cancel``.
+
+    Every executed approval, charge and cancel is an effect in :meth:`effects`
+    (``"payment.approve"``, ``"payment.charge"``, ``"payment.cancel"``, with ``order_id``,
+    ``key``, ``ref`` the ``provider_ref``, and ``amount`` charged or refunded).
     """
 
     capability = Capability.PAYMENT
     operations = PAYMENT_OPERATIONS
+    keyed_operations = frozenset(
+        {"payment.ready", "payment.approve", "payment.charge", "payment.cancel"}
+    )
 
     #: Seconds a checkout stays approvable (KakaoPay's 15 minutes).
     checkout_ttl = 15 * 60
 
     def __init__(
-        self, *, name: str = "echo.pay", failure_domain: str = "echo", clock: Clock | None = None
+        self,
+        *,
+        name: str = "echo.pay",
+        failure_domain: str = "echo",
+        clock: Clock | None = None,
+        dedupe: Dedupe = None,
     ) -> None:
-        super().__init__(name=name, failure_domain=failure_domain, clock=clock)
+        super().__init__(name=name, failure_domain=failure_domain, clock=clock, dedupe=dedupe)
         self._payments: dict[str, _Payment] = {}
         self._billing_keys: dict[str, str] = {}
         self._rules: list[_DeclineRule] = []
@@ -511,7 +645,7 @@ class EchoPay(_Echo):
                     f"amount {approval.amount} differs from the checkout's {record.amount}",
                     "amount_mismatch",
                 )
-            return self._execute(operation, record)
+            return self._execute(operation, record, idempotency_key)
 
         return self._call(
             operation,
@@ -565,7 +699,7 @@ class EchoPay(_Echo):
                 billing_key=billing_key,
             )
             self._payments[record.ref] = record
-            return self._execute(operation, record)
+            return self._execute(operation, record, idempotency_key)
 
         fingerprint = (order_id, amount, item_name, user_id, billing_key)
         return self._call(
@@ -625,6 +759,16 @@ class EchoPay(_Echo):
                 if left == amount.amount
                 else PaymentStatus.PARTIALLY_CANCELED
             )
+            self._effects.record(
+                Effect(
+                    operation,
+                    self._clock.time(),
+                    key=idempotency_key,
+                    order_id=order_id,
+                    ref=provider_ref,
+                    amount=amount.amount,
+                )
+            )
             return self._model(record)
 
         fingerprint = (order_id, provider_ref, amount)
@@ -665,8 +809,8 @@ class EchoPay(_Echo):
             raise self._declined(operation, "payment of another order", "order_mismatch")
         return record
 
-    def _execute(self, operation: str, record: _Payment) -> Payment:
-        if any(
+    def _execute(self, operation: str, record: _Payment, key: str) -> Payment:
+        if self.dedupe is None and any(
             p.order_id == record.order_id and p.status in _CHARGED for p in self._payments.values()
         ):
             record.status = PaymentStatus.FAILED
@@ -680,6 +824,16 @@ class EchoPay(_Echo):
         record.status = PaymentStatus.APPROVED
         record.approved_at = self._clock.time()
         record.approval_id = self._next_id(f"{self.name}-approval-")
+        self._effects.record(
+            Effect(
+                operation,
+                record.approved_at,
+                key=key,
+                order_id=record.order_id,
+                ref=record.ref,
+                amount=record.amount.amount,
+            )
+        )
         return self._model(record)
 
     def _model(self, record: _Payment) -> Payment:
@@ -1007,14 +1161,23 @@ class EchoMobility(_Echo):
         name: the provider name.
         failure_domain: the failure domain.
         clock: time for rentals.
+        dedupe: ``"key"`` declares its writes (ride requests and cancels, rental ends) in
+            ``deduplicates``; it deduplicates them by key either way.
 
     Attributes:
         no_route: when True, estimates are refused (``"no_route"``).
         drivers_available: when False, ride requests are refused (``"no_drivers"``).
+
+    Every booked ride (``"mobility.request_ride"``: ``ref`` the ride id, ``rider``),
+    canceled ride and ended rental (``ref`` the rental id, ``amount`` the fare) is an
+    effect in :meth:`effects`, with the key it executed under.
     """
 
     capability = Capability.MOBILITY
     operations = MOBILITY_OPERATIONS
+    keyed_operations = frozenset(
+        {"mobility.request_ride", "mobility.cancel_ride", "mobility.end_rental"}
+    )
 
     def __init__(
         self,
@@ -1027,8 +1190,9 @@ class EchoMobility(_Echo):
         name: str = "echo.mobility",
         failure_domain: str = "echo",
         clock: Clock | None = None,
+        dedupe: Dedupe = None,
     ) -> None:
-        super().__init__(name=name, failure_domain=failure_domain, clock=clock)
+        super().__init__(name=name, failure_domain=failure_domain, clock=clock, dedupe=dedupe)
         if not speed_mps > 0:
             raise ValueError(f"speed_mps must be > 0, got {speed_mps!r}")
         if not detour >= 1:
@@ -1117,6 +1281,15 @@ class EchoMobility(_Echo):
             fare = Money(self.tariff.fare(self._distance(origin, destination)), "KRW")
             ride = _Ride(self._next_id(f"{self.name}-ride-"), rider, origin, destination, fare)
             self._rides[ride.ride_id] = ride
+            self._effects.record(
+                Effect(
+                    operation,
+                    self._clock.time(),
+                    key=idempotency_key,
+                    ref=ride.ride_id,
+                    rider=rider,
+                )
+            )
             return self._model(ride)
 
         fingerprint = (rider, origin, destination)
@@ -1158,6 +1331,10 @@ class EchoMobility(_Echo):
             if ride.status in _FINISHED:
                 raise self._declined(
                     operation, f"ride is {ride.status.value}", "ride_not_cancelable"
+                )
+            if ride.status is not RideStatus.CANCELED:
+                self._effects.record(
+                    Effect(operation, self._clock.time(), key=idempotency_key, ref=ride_id)
                 )
             ride.status = RideStatus.CANCELED
             ride.eta_s = None
@@ -1206,12 +1383,22 @@ class EchoMobility(_Echo):
                 )
             self._ended[rental_id] = idempotency_key
             minutes = math.ceil((at - started) / 60)
+            fare = self.unlock_fare + minutes * self.per_minute_fare
+            self._effects.record(
+                Effect(
+                    operation,
+                    self._clock.time(),
+                    key=idempotency_key,
+                    ref=rental_id,
+                    amount=fare,
+                )
+            )
             return RentalReceipt(
                 rental_id=rental_id,
                 provider=self.name,
                 ended_at=float(at),
                 location=location,
-                fare=Money(self.unlock_fare + minutes * self.per_minute_fare, "KRW"),
+                fare=Money(fare, "KRW"),
                 receipt_id=self._next_id(f"{self.name}-receipt-"),
             )
 
