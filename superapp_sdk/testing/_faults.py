@@ -23,7 +23,7 @@ page instead, ``Lost("late", seconds=3)`` answers after 3 s or times out first, 
 host that crashed right after executing. These are the faults an at-most-once write must
 survive without executing twice::
 
-    transport = FaultTransport(sequence(Lost("reset")), inner=httpx.ASGITransport(app))
+    transport = AsyncFaultTransport([Lost("reset")], inner=httpx.ASGITransport(app))
     # the first POST executes in ``app`` and raises httpx.ReadError; the rest pass
 
 Time: with a :class:`~superapp_sdk.testing.FakeClock`, latency and hangs advance the fake
