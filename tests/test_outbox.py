@@ -1187,3 +1187,29 @@ def test_a_retried_dead_letter_far_behind_the_head_goes_first(
         assert outbox.ack(item.id, item.lease_token or "")
     assert order == [dead.id, newer.id]
     assert not outbox.has_pending("chat:a")
+
+
+@pytest.mark.timeout(60)
+def test_async_worker_stops_when_woken_as_it_is_cancelled(tmp_path: Path) -> None:
+    """A wake-up that lands together with stop() does not swallow the cancellation (as
+    asyncio.wait_for does on Python 3.11): stop() always returns."""
+    outbox = Outbox(DiskStore(tmp_path / "o"))
+
+    async def sender(item: OutboxItem) -> None:
+        return None
+
+    async def main() -> None:
+        for _ in range(5):
+            worker = AsyncOutboxWorker(outbox, sender, poll_floor=10.0)
+            worker.start()
+            await asyncio.sleep(0.05)  # idle: waiting to be woken
+            worker.wake()
+            loop = asyncio.get_running_loop()
+            asked = loop.time()
+            await worker.stop()
+            # Not a speed check: a swallowed cancellation leaves stop() waiting out the
+            # worker's 10 s poll.
+            assert loop.time() - asked < 5.0
+
+    asyncio.run(main())
+    outbox.close()

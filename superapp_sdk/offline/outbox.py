@@ -1794,8 +1794,12 @@ class AsyncOutboxWorker(_WorkerOptions):
                 held, handled, wait = [], False, self.poll_floor
             if not handled:
                 self._progress.set()
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the
+                # inner result when the wake-up and a cancellation land together,
+                # swallowing the cancellation, and stop() then waits forever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
 
     def start(self) -> None:
         """Start the worker task on the running loop (idempotent)."""
