@@ -67,15 +67,19 @@ async def _run(tmp: Path, server: DataCenterServer, dc: KakaoDataCenter) -> None
                 acked.append(("send", f"load-m{i}", out.provider or ""))
 
         async with app:
-            first = [charge(i) for i in range(N // 2)] + [send(i) for i in range(N // 2)]
-            await asyncio.gather(*first)
-            # Mid-run the primary goes dark: accepts and never answers.
+            half = range(N // 2)
+            await asyncio.gather(*(charge(i) for i in half), *(send(i) for i in half))
+            # The primary applies every write and loses the answer (reset)...
+            server.burn(Burn.LOSE_RESET, ["payment", "chat"])
+            rest = range(N // 2, N)
+            await asyncio.gather(*(charge(i) for i in rest), *(send(i) for i in rest))
+            # ...then goes dark (accepts, never answers), while the app retries everything,
+            # as apps do after an error.
             server.burn(Burn.HANG, ["payment", "chat"])
-            second = [charge(i) for i in range(N // 2, N)] + [send(i) for i in range(N // 2, N)]
-            # ...and the app retries everything of the first half too, as apps do.
-            again = [charge(i) for i in range(N // 2)] + [send(i) for i in range(N // 2)]
-            await asyncio.gather(*second, *again)
+            every = range(N)
+            await asyncio.gather(*(charge(i) for i in every), *(send(i) for i in every))
             server.restore()
+            await asyncio.gather(*(charge(i) for i in every), *(send(i) for i in every))
             await app.drain(10.0)
 
     charges = Counter[str]()
@@ -101,8 +105,8 @@ async def _run(tmp: Path, server: DataCenterServer, dc: KakaoDataCenter) -> None
 
 
 def test_hundreds_of_concurrent_writes_run_at_most_once(tmp_path: Path) -> None:
-    """Concurrent charges and sends, a saturated then hanging primary, app retries and the
-    outbox: every order charged at most once in all, every message at most once by each
+    """Concurrent charges and sends, a saturated primary that then loses answers after
+    applying writes and then hangs, app retries and the outbox: every order charged at most once in all, every message at most once by each
     provider, and every acknowledged write in its provider's ledger."""
     dc = KakaoDataCenter(hang_seconds=5.0)
     with DataCenterServer(dc) as server:
