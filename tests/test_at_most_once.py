@@ -25,6 +25,7 @@ from superapp_sdk import (
     Timeouts,
     Unavailable,
     Via,
+    _ops,
 )
 from superapp_sdk._errors import InvalidRequest, ProviderConnectError
 from superapp_sdk.capabilities.payment import Approval, PaymentStatus
@@ -493,3 +494,110 @@ def test_cli_reconcile_settles_a_held_charge(
     )
     assert again != 0
     assert "nothing is held" in capsys.readouterr().err
+
+
+# -- case 7: providers that deduplicate by key only ---------------------------------------
+
+
+def _key_only_app(tmp_path: Path) -> tuple[SuperApp, EchoPay, EchoChat]:
+    pay = EchoPay(name="keyed.pay", dedupe="key")
+    chat = EchoChat(name="keyed.chat", dedupe="key")
+    app = SuperApp(payment=[pay], chat=[chat], state_dir=tmp_path / "keyed")
+    app.directory.put(USER, provider="keyed.pay", billing_key=pay.issue_billing_key(USER))
+    app.directory.put(USER, provider="keyed.chat", address="minji@keyed")
+    return app, pay, chat
+
+
+def test_a_provider_that_deduplicates_by_key_gets_the_persisted_key(tmp_path: Path) -> None:
+    """Case 7: a charge applied and its answer lost at a provider that deduplicates by key
+    only (as Stripe and Toss do) is resent with the same key, so it runs once; every try
+    carried the key persisted for the order, and the app's repeat sends nothing new."""
+    app, pay, _ = _key_only_app(tmp_path)
+    with app:
+        pay.lose_next(operation="payment.charge")
+        out = app.payment.charge(order_id="o-7", amount=700, user_id=USER)
+        again = app.payment.charge(order_id="o-7", amount=700, user_id=USER)
+        record = _ops._payment_record(app._parts.state, "o-7")
+    assert out.value.status is PaymentStatus.APPROVED
+    assert again.value == out.value
+    assert len(pay.effects("payment.charge", order_id="o-7")) == 1
+    assert record is not None
+    keys = {c.idempotency_key for c in pay.calls if c.operation == "payment.charge"}
+    assert keys == {record.idempotency_key}
+
+
+def test_a_message_resent_to_a_deduplicating_provider_keeps_its_key(tmp_path: Path) -> None:
+    """Case 7 for chat: a send whose answer was lost is resent with the same key to a
+    provider that deduplicates (LINE's X-Line-Retry-Key), and delivered once."""
+    app, _, chat = _key_only_app(tmp_path)
+    with app:
+        chat.lose_next(operation="chat.send")
+        out = app.chat.send(to=USER, text="key-7", idempotency_key="k-7")
+    assert out.via is Via.PRIMARY
+    assert len(chat.effects("chat.send")) == 1
+    keys = {c.idempotency_key for c in chat.calls if c.operation == "chat.send"}
+    assert keys == {"k-7"}
+
+
+# -- a process killed while its charge is in flight --------------------------------------
+
+_CHILD = """
+import json, sys
+from superapp_sdk import SuperApp, Timeouts
+from superapp_sdk.providers.kakao import KakaoPay
+cfg = json.loads(sys.argv[1])
+pay = KakaoPay(secret_key=cfg["key"], cid=cfg["cid"], subscription_cid=cfg["scid"],
+               pay_base_url=cfg["url"])
+app = SuperApp(payment=[pay], state_dir=cfg["state"], timeouts=Timeouts(payment=60.0))
+app.directory.put("user-minji", provider="kakao.pay", billing_key=cfg["sid"])
+print("charging", flush=True)
+app.payment.charge(order_id="o-k9", amount=4_000, user_id="user-minji")
+"""
+
+
+def test_a_charge_in_flight_when_the_process_is_killed_is_not_charged_again(
+    tmp_path: Path,
+) -> None:
+    """kill -9 while KakaoPay has applied the charge and not answered: the restarted app's
+    repeat of the order is held, not charged again, here or at the alternate."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from superapp_sdk.testing.kakao import Burn
+
+    dc = KakaoDataCenter()
+    with DataCenterServer(dc) as server:
+        creds = dc.credentials
+        cfg = {
+            "key": creds.pay_secret_key,
+            "cid": creds.pay_cid,
+            "scid": creds.pay_subscription_cid,
+            "url": server.url_for("payment").rstrip("/") + "/pay",
+            "sid": creds.billing_key,
+            "state": str(tmp_path / "state"),
+        }
+        server.burn(Burn.LOSE_HANG, ["payment"])
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, json.dumps(cfg)], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert _wait_for(lambda: len(dc.payment.charges("o-k9")) == 1, 30.0)
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(10)
+            assert child.stdout is not None
+            child.stdout.close()
+        server.restore()
+        echo = EchoPay()
+        app = SuperApp(payment=[server.adapters().pay, echo], state_dir=tmp_path / "state")
+        try:
+            app.directory.put(USER, provider="echo.pay", billing_key=echo.issue_billing_key(USER))
+            with pytest.raises(OutcomeUnknown) as held:
+                app.payment.charge(order_id="o-k9", amount=4_000, user_id=USER)
+        finally:
+            app.close()
+    assert held.value.needs_reconciliation
+    assert len(dc.payment.charges("o-k9")) == 1
+    assert echo.charges("o-k9") == []

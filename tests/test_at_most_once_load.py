@@ -105,9 +105,10 @@ async def _run(tmp: Path, server: DataCenterServer, dc: KakaoDataCenter) -> None
 
 
 def test_hundreds_of_concurrent_writes_run_at_most_once(tmp_path: Path) -> None:
-    """Concurrent charges and sends, a saturated primary that then loses answers after
-    applying writes and then hangs, app retries and the outbox: every order charged at most once in all, every message at most once by each
-    provider, and every acknowledged write in its provider's ledger."""
+    """Concurrent charges and sends, a saturated primary that loses answers after applying
+    writes and then hangs, app retries and the outbox: every order charged at most once
+    in all, every message at most once by each provider, and every acknowledged write in
+    its provider's ledger."""
     dc = KakaoDataCenter(hang_seconds=5.0)
     with DataCenterServer(dc) as server:
         asyncio.run(_run(tmp_path, server, dc))

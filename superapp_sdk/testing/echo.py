@@ -799,6 +799,25 @@ class EchoPay(_Echo):
             lambda: self._model(self._find(operation, order_id, provider_ref)),
         )
 
+    def lookup(self, *, order_id: str) -> DirectCall[Payment]:
+        """The latest payment of ``order_id``, found by the merchant's order id (as Toss's
+        ``GET /v1/payments/orders/{orderId}`` does): what settles a write of unknown
+        outcome before its payment id is known.
+
+        Raises:
+            Declined: no payment of that order (``not_found``): it never executed.
+        """
+        _require("order_id", order_id)
+        operation = "payment.status"
+
+        def find() -> Payment:
+            found = [p for p in self._payments.values() if p.order_id == order_id]
+            if not found:
+                raise self._declined(operation, f"no payment of order {order_id}", "not_found")
+            return self._model(found[-1])
+
+        return self._call(operation, {"order_id": order_id}, find)
+
     # -- internals ---------------------------------------------------------------------
 
     def _find(self, operation: str, order_id: str, provider_ref: str) -> _Payment:
