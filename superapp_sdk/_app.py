@@ -368,7 +368,7 @@ class _Base:
             self._wake()
 
     def _wake(self) -> None:
-        """Wake the outbox worker (a provider is back)."""
+        """Wake the outbox worker: a provider is back, so backed-off writes go now."""
 
     # -- health and directory ------------------------------------------------------------
 
@@ -555,7 +555,7 @@ class SuperApp(_Base):
     # -- lifecycle -------------------------------------------------------------------------
 
     def _wake(self) -> None:
-        self._worker.wake()
+        self._worker.wake(recovered=True)
 
     def start(self) -> None:
         """Start the outbox replay worker (``with app:`` does this)."""
@@ -939,7 +939,7 @@ class AsyncSuperApp(_Base):
         )
 
     def _wake(self) -> None:
-        self._worker.wake()
+        self._worker.wake(recovered=True)
 
     async def start(self) -> None:
         """Start the outbox replay task (``async with app:`` does this)."""

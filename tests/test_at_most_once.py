@@ -20,6 +20,7 @@ from superapp_sdk import (
     ChatPolicy,
     NeedsReconciliation,
     OfflinePolicy,
+    Outcome,
     OutcomeUnknown,
     SuperApp,
     Timeouts,
@@ -28,7 +29,7 @@ from superapp_sdk import (
     _ops,
 )
 from superapp_sdk._errors import InvalidRequest, ProviderConnectError
-from superapp_sdk.capabilities.payment import Approval, PaymentStatus
+from superapp_sdk.capabilities.payment import Approval, Payment, PaymentStatus
 from superapp_sdk.cli import main as cli_main
 from superapp_sdk.core.breaker import BreakerOptions
 from superapp_sdk.core.domains import DomainOptions
@@ -372,6 +373,21 @@ def _refunded(rig: Rig, order_id: str) -> int:
     return total
 
 
+def _until_answered(
+    rig: Rig, order_id: str, cancel: Callable[[], Outcome[Payment]], *, refunded: int
+) -> Outcome[Payment]:
+    """Repeat ``cancel`` as an app does while the SDK answers OutcomeUnknown (KakaoPay's
+    breaker, opened by the failed lookups, closes through its probes meanwhile); what
+    KakaoPay refunded stays ``refunded`` until it answers."""
+    for _ in range(100):
+        try:
+            return cancel()
+        except OutcomeUnknown:
+            assert _refunded(rig, order_id) == refunded
+            time.sleep(0.05)
+    raise AssertionError("the cancel was never settled")
+
+
 def test_cancel_without_amount_refunds_what_remains(make_rig: Callable[..., Rig]) -> None:
     """Case 5: after a partial cancel, amount=None refunds the remainder, not the total."""
     rig = make_rig(lambda i, r: None)
@@ -385,11 +401,16 @@ def test_cancel_without_amount_refunds_what_remains(make_rig: Callable[..., Rig]
 def test_repeated_cancel_with_its_key_refunds_once(make_rig: Callable[..., Rig]) -> None:
     """Case 5: the first cancel's answer is lost after KakaoPay refunded; the app repeats
     it with the same cancel_id and nothing more is refunded."""
-    rig = make_rig(Both(Once(CANCEL, Reset(delivered=True)), Once(ORDER, _refused())))
+    rig = make_rig(Both(Once(CANCEL, Reset(delivered=True)), Once(ORDER, _refused(), times=3)))
     _paid(rig, "o-5b", 10_000)
     with pytest.raises(OutcomeUnknown):
         rig.app.payment.cancel(order_id="o-5b", amount=1_000, reason="x", cancel_id="c1")
-    out = rig.app.payment.cancel(order_id="o-5b", amount=1_000, reason="x", cancel_id="c1")
+    out = _until_answered(
+        rig,
+        "o-5b",
+        lambda: rig.app.payment.cancel(order_id="o-5b", amount=1_000, reason="x", cancel_id="c1"),
+        refunded=1_000,
+    )
     assert out.value.canceled_amount is not None
     assert out.value.canceled_amount.amount == 1_000
     assert _refunded(rig, "o-5b") == 1_000
@@ -409,11 +430,16 @@ def test_lost_cancel_answer_is_settled_by_lookup(make_rig: Callable[..., Rig]) -
 def test_unknown_cancel_is_settled_before_a_new_one(make_rig: Callable[..., Rig]) -> None:
     """Case 5: without a key, a cancel of unknown outcome is looked up before the next
     cancel is sent, so a repeat after an uninterpretable error refunds once."""
-    rig = make_rig(Both(Once(CANCEL, Reset(delivered=True)), Once(ORDER, _refused())))
+    rig = make_rig(Both(Once(CANCEL, Reset(delivered=True)), Once(ORDER, _refused(), times=3)))
     _paid(rig, "o-5c", 10_000)
     with pytest.raises(OutcomeUnknown):
         rig.app.payment.cancel(order_id="o-5c", amount=1_000, reason="x")
-    rig.app.payment.cancel(order_id="o-5c", amount=2_000, reason="y")
+    _until_answered(
+        rig,
+        "o-5c",
+        lambda: rig.app.payment.cancel(order_id="o-5c", amount=2_000, reason="y"),
+        refunded=1_000,
+    )
     assert _refunded(rig, "o-5c") == 3_000
     with pytest.raises(InvalidRequest):
         rig.app.payment.cancel(order_id="o-5c", amount=8_000, reason="too much")
@@ -601,3 +627,57 @@ def test_a_charge_in_flight_when_the_process_is_killed_is_not_charged_again(
     assert held.value.needs_reconciliation
     assert len(dc.payment.charges("o-k9")) == 1
     assert echo.charges("o-k9") == []
+
+
+# -- case 6: recovery after the fault clears ------------------------------------------------
+
+
+def test_after_the_fault_clears_the_queued_confirm_drains_and_status_answers(
+    tmp_path: Path,
+) -> None:
+    """Case 6: a confirm queued while KakaoPay hung is delivered, once, when it is back,
+    and payment.status answers from KakaoPay (no CircuitOpen) within the breaker's open
+    time after the outbox drained."""
+    from superapp_sdk.core.breaker import StateChange
+    from superapp_sdk.testing.kakao import Burn
+
+    dc = KakaoDataCenter()
+    with DataCenterServer(dc) as server:
+        app = SuperApp(
+            payment=[server.adapters().pay, EchoPay()],
+            state_dir=tmp_path / "state",
+            timeouts=Timeouts(read=0.5, write=0.5, payment=0.5, floor=0.05),
+            breaker=BreakerOptions(minimum_calls=3, window_size=10, open_seconds=1.0),
+            domains=DomainOptions(open_seconds=1.0),
+        )
+        changes: list[StateChange] = []
+        app.on(StateChange, changes.append)
+        with app:
+            checkout = app.payment.start(
+                order_id="o-6r",
+                amount=5_000,
+                item_name="Ride",
+                user_id=USER,
+                return_url="https://app.example/pay/done",
+            )
+            tid = checkout.value.provider_ref
+            approval = Approval(provider_ref=tid, token=dc.payment.authorize(tid), user_id=USER)
+            server.burn(Burn.HANG, ["payment"])
+            queued = app.payment.confirm(order_id="o-6r", approval=approval)
+            assert queued.via is Via.QUEUED
+            for _ in range(4):
+                with pytest.raises(Unavailable):
+                    app.payment.status("o-6r")
+            server.restore()
+            assert app.drain(10.0)
+            assert _wait_for(lambda: _status_is_approved(app, "o-6r"), 3.0)
+        app.close()
+    assert len(dc.payment.charges("o-6r")) == 1
+
+
+def _status_is_approved(app: SuperApp, order_id: str) -> bool:
+    try:
+        out = app.payment.status(order_id)
+    except Unavailable:
+        return False
+    return out.via is Via.PRIMARY and out.value.status is PaymentStatus.APPROVED

@@ -1213,3 +1213,41 @@ def test_async_worker_stops_when_woken_as_it_is_cancelled(tmp_path: Path) -> Non
 
     asyncio.run(main())
     outbox.close()
+
+
+def test_expedite_makes_backed_off_items_ready_now(outbox: Outbox, clock: FakeClock) -> None:
+    """A provider recovered: items waiting out a backoff are claimable at once, in order;
+    a leased item keeps its lease."""
+    first = put(outbox, "k1", entity="chat:a")
+    leased_key = put(outbox, "k2", entity="chat:b")
+    item = claim(outbox)
+    assert item is not None
+    assert item.id == first.id
+    outbox.fail(item.id, item.lease_token or "", "down", retry_after=300)
+    held = claim(outbox, worker="w2")
+    assert held is not None
+    assert held.id == leased_key.id
+    assert claim(outbox) is None
+    assert outbox.expedite() == 1
+    again = claim(outbox)
+    assert again is not None
+    assert again.id == first.id
+    assert claim(outbox) is None  # the leased one stays with w2
+
+
+def test_worker_woken_on_recovery_sends_backed_off_items(tmp_path: Path) -> None:
+    """wake(recovered=True) (a breaker or domain closed) sends an item that waits out a
+    long backoff now; a plain wake leaves it waiting."""
+    ob = Outbox(tmp_path / "r")
+    sent: list[str] = []
+    put(ob, "k1")
+    item = ob.claim("w0", lease_seconds=30.0)
+    assert item is not None
+    ob.fail(item.id, item.lease_token or "", "provider down", retry_after=300)
+    with OutboxWorker(ob, lambda i: sent.append(i.idempotency_key), poll_floor=0.05) as worker:
+        worker.wake()
+        assert worker.drain(0.3) is False
+        worker.wake(recovered=True)
+        assert worker.drain(10.0) is True
+    assert sent == ["k1"]
+    ob.close()

@@ -751,6 +751,23 @@ def test_background_probe_closes_a_recovered_breaker_without_a_user_waiting(
     assert [(s.operation, s.probe) for s in a.sent] == [("x.read.probe", True)]
 
 
+def test_background_probe_goes_on_until_a_half_open_breaker_closes(
+    clock: FakeClock, two: tuple[FakeProvider, FakeProvider]
+) -> None:
+    """A breaker that needs two probe successes closes after one user call: the probe
+    goes on while it stays half-open, instead of waiting for user traffic to trigger
+    each one (case 6: recovery must not depend on traffic)."""
+    a, _ = two
+    router = make_router(two, clock, half_open_successes=2)
+    breaker(router, "a").force_open()
+    clock.advance(11.0)
+    routed = router.call("x.read", READ, call)
+    assert routed.provider == "b"
+    join_probe("a")
+    assert breaker(router, "a").state is BreakerState.CLOSED
+    assert [(s.operation, s.probe) for s in a.sent] == [("x.read.probe", True)] * 2
+
+
 def test_writes_probe_inline_with_the_short_probe_timeout(
     clock: FakeClock, two: tuple[FakeProvider, FakeProvider]
 ) -> None:

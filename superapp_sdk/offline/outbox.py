@@ -1187,6 +1187,28 @@ class Outbox:
 
     # -- operators -----------------------------------------------------------------------
 
+    def expedite(self) -> int:
+        """Make every pending item that waits out a backoff ready now; returns how many.
+
+        Called when a provider recovers: an item that failed while it was down should go
+        now, not after a backoff that grew during the outage. Leased items keep their
+        lease.
+        """
+        now = self.clock.time()
+        with self._db.transaction("expediting the outbox") as con:
+            moved = con.execute(
+                "UPDATE items SET not_before = ?"
+                " WHERE state = 0 AND lease_token IS NULL AND not_before > ?",
+                (now, now),
+            ).rowcount
+            con.execute(
+                "UPDATE heads SET ready_at = ? FROM items"
+                " WHERE items.seq = heads.seq AND items.lease_token IS NULL"
+                " AND heads.ready_at > ?",
+                (now, now),
+            )
+        return moved
+
     def retry_dead(self, item_id: str) -> OutboxItem | None:
         """Put a dead-lettered item back into its entity's queue, at its original place.
 
@@ -1378,6 +1400,12 @@ class _WorkerOptions:
         self.worker_id = worker_id
         self.concurrency = concurrency
         self.batch = batch
+        #: A provider recovered since the worker last looked: expedite backed-off items.
+        self._recovered = False
+
+    def _take_recovered(self) -> bool:
+        recovered, self._recovered = self._recovered, False
+        return recovered
 
     def _wait_until(self, ready: float | None) -> float:
         """How long an idle worker sleeps: until the next item is ready, at most
@@ -1535,6 +1563,8 @@ class OutboxWorker(_WorkerOptions):
         while held or not self._stop.is_set():
             self._wake.clear()
             try:
+                if self._take_recovered():
+                    self.outbox.expedite()
                 if not held:
                     held = self.outbox.claim_many(
                         self.worker_id, lease_seconds=self.lease_seconds, limit=self.batch
@@ -1575,8 +1605,10 @@ class OutboxWorker(_WorkerOptions):
         for thread in threads:
             thread.join(timeout)
 
-    def wake(self) -> None:
-        """Look for work now (a provider became healthy again)."""
+    def wake(self, *, recovered: bool = False) -> None:
+        """Look for work now; ``recovered``: a provider became healthy again, so items
+        waiting out a backoff go now too."""
+        self._recovered = self._recovered or recovered
         self._wake.set()
 
     @property
@@ -1771,6 +1803,8 @@ class AsyncOutboxWorker(_WorkerOptions):
         while True:
             self._wake.clear()
             try:
+                if self._take_recovered():
+                    await asyncio.to_thread(self.outbox.expedite)
                 if not held:
                     held = await asyncio.to_thread(
                         self.outbox.claim_many,
@@ -1817,8 +1851,10 @@ class AsyncOutboxWorker(_WorkerOptions):
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    def wake(self) -> None:
-        """Look for work now; safe to call from any thread."""
+    def wake(self, *, recovered: bool = False) -> None:
+        """Look for work now; safe to call from any thread. ``recovered``: a provider
+        became healthy again, so items waiting out a backoff go now too."""
+        self._recovered = self._recovered or recovered
         loop = self._loop
         if loop is None or loop.is_closed():
             self._wake.set()

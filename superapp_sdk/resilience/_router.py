@@ -197,6 +197,11 @@ MakeSync = Callable[[Route[Any]], Callable[[CallContext], Any]]
 MakeAsync = Callable[[Route[Any]], Callable[[CallContext], Awaitable[Any]]]
 
 
+#: Background probes in a row while a breaker or domain stays half-open (a breaker needs
+#: ``half_open_successes`` of them to close).
+_PROBE_ROUNDS = 8
+
+
 class _Stop(Exception):
     """Carries a FAIL_NOW error through a hedge race as a result."""
 
@@ -762,6 +767,14 @@ class Router(Generic[P]):
         else:
             self._probe_end(r, slot, domain=domain, exc=None)
 
+    def _half_open(self, r: Route[P], *, domain: bool) -> bool:
+        """Whether ``r``'s domain (or breaker) still waits for probes: the background
+        probe goes on, so recovery does not wait for user traffic to trigger each one."""
+        if domain:
+            return self.detector.state(r.domain) is DomainState.HALF_OPEN
+        breaker = r.pipeline.breaker
+        return breaker is not None and breaker.state is BreakerState.HALF_OPEN
+
     def _spawn_probe(
         self, r: Route[P], prober: MakeSync | None, *, domain: bool, operation: str
     ) -> None:
@@ -771,7 +784,10 @@ class Router(Generic[P]):
 
         def run() -> None:
             try:
-                self._probe_once(r, prober, domain=domain, operation=operation)
+                for _ in range(_PROBE_ROUNDS):
+                    self._probe_once(r, prober, domain=domain, operation=operation)
+                    if not self._half_open(r, domain=domain):
+                        break
             finally:
                 self._end_probe(key)
 
@@ -902,7 +918,10 @@ class Router(Generic[P]):
 
         async def run() -> None:
             try:
-                await self._aprobe_once(r, prober, domain=domain, operation=operation)
+                for _ in range(_PROBE_ROUNDS):
+                    await self._aprobe_once(r, prober, domain=domain, operation=operation)
+                    if not self._half_open(r, domain=domain):
+                        break
             finally:
                 self._end_probe(key)
 
