@@ -37,7 +37,7 @@ from superapp_sdk import (
     Via,
 )
 from superapp_sdk._errors import ProviderConnectError
-from superapp_sdk.capabilities.payment import PaymentStatus
+from superapp_sdk.capabilities.payment import Approval, PaymentStatus
 from superapp_sdk.core.breaker import BreakerOptions
 from superapp_sdk.core.domains import DomainOptions
 from superapp_sdk.providers._http import run_call
@@ -50,6 +50,7 @@ pytestmark = pytest.mark.network
 
 USER = "user-minji"
 SUBSCRIPTION = "/pay/online/v1/payment/subscription"
+APPROVE = "/pay/online/v1/payment/approve"
 CANCEL = "/pay/online/v1/payment/cancel"
 ORDER = "/pay/online/v1/payment/order"
 TALK = "/kapi/v1/api/talk/friends/message/default/send"
@@ -109,11 +110,14 @@ class LedgerMachine(RuleBasedStateMachine):
         self.client = httpx.Client(
             transport=FaultTransport(self.faults, inner=httpx.HTTPTransport(), max_hang=2.0)
         )
-        self.echo_pay = EchoPay()
-        self.echo_chat = EchoChat()
+        # The alternates deduplicate by key only, as Stripe, Toss and LINE do: a second
+        # charge of an order under a new key runs again.
+        self.echo_pay = EchoPay(dedupe="key")
+        self.echo_chat = EchoChat(dedupe="key")
         self.echo_key = self.echo_pay.issue_billing_key(USER)
         self.uuid = self.dc.credentials.friend_uuids[0]
         self.acked_charges: dict[str, str] = {}
+        self.approvals: dict[str, Approval] = {}
         self.acked_messages: dict[str, str] = {}
         self.app = self._open()
 
@@ -197,6 +201,49 @@ class LedgerMachine(RuleBasedStateMachine):
             assert out.provider is not None
             self.acked_messages.setdefault(self.text(n), out.provider)
 
+    @rule(n=st.integers(0, 1), fault=st.sampled_from(FAULTS))
+    def checkout(self, n: int, fault: Fault | None) -> None:
+        """A user-approved payment: started once, confirmed (again, when the app
+        retries), with faults on the approval."""
+        order_id = f"{self.prefix}-c{n}"
+        approval = self.approvals.get(order_id)
+        if approval is None:
+            try:
+                started = self.app.payment.start(
+                    order_id=order_id,
+                    amount=5_000,
+                    item_name="Ride",
+                    user_id=USER,
+                    return_url="https://app.example/pay/done",
+                )
+            except SuperAppError:
+                return
+            if started.provider != "kakao.pay":
+                return
+            tid = started.value.provider_ref
+            approval = Approval(
+                provider_ref=tid, token=self.dc.payment.authorize(tid), user_id=USER
+            )
+            self.approvals[order_id] = approval
+        if fault is not None:
+            self.faults.armed[APPROVE] = fault
+        try:
+            out = self.app.payment.confirm(order_id=order_id, approval=approval)
+        except SuperAppError:
+            return
+        finally:
+            self.faults.armed.pop(APPROVE, None)
+        if out.via is not Via.QUEUED and out.value.status is PaymentStatus.APPROVED:
+            self.acked_charges[order_id] = out.provider or ""
+
+    @rule(charge=st.booleans())
+    def alternate_loses_an_answer(self, charge: bool) -> None:
+        """The alternate executes its next charge or send and loses the answer."""
+        if charge:
+            self.echo_pay.lose_next(operation="payment.charge")
+        else:
+            self.echo_chat.lose_next(operation="chat.send")
+
     @rule(down=st.booleans())
     def alternates(self, down: bool) -> None:
         """The alternates refuse connections (nothing reaches them), or serve again."""
@@ -220,19 +267,25 @@ class LedgerMachine(RuleBasedStateMachine):
     def _kakao_charges(self, order_id: str) -> int:
         return len(self.dc.payment.charges(order_id))
 
+    def _orders(self) -> list[str]:
+        return [self.order(n) for n in range(3)] + [f"{self.prefix}-c{n}" for n in range(2)]
+
+    def _echo_charges(self, order_id: str) -> int:
+        return len(self.echo_pay.effects("payment.charge", order_id=order_id)) + len(
+            self.echo_pay.effects("payment.approve", order_id=order_id)
+        )
+
     @invariant()
     def each_order_charged_at_most_once(self) -> None:
-        for n in range(3):
-            order_id = self.order(n)
-            total = self._kakao_charges(order_id) + len(self.echo_pay.charges(order_id))
+        for order_id in self._orders():
+            total = self._kakao_charges(order_id) + self._echo_charges(order_id)
             assert total <= 1, f"{order_id} charged {total} times"
 
     @invariant()
     def refunds_never_exceed_captures(self) -> None:
         pay = self.server.adapters().pay
         with httpx.Client() as plain:
-            for n in range(3):
-                order_id = self.order(n)
+            for order_id in self._orders():
                 captured = sum(c.amount for c in self.dc.payment.charges(order_id))
                 refunded = 0
                 for tid in self.dc.payment.tids(order_id):
@@ -252,7 +305,7 @@ class LedgerMachine(RuleBasedStateMachine):
         for n in range(3):
             text = self.text(n)
             kakao = sum(1 for d in self.dc.chat.deliveries(to=self.uuid) if d.text == text)
-            echo = sum(1 for m in self.echo_chat.messages() if m.text == text)
+            echo = sum(1 for e in self.echo_chat.effects("chat.send") if e.text == text)
             assert kakao <= 1, f"{text} delivered {kakao} times by kakao.talk"
             assert echo <= 1, f"{text} delivered {echo} times by echo.chat"
 
@@ -262,14 +315,14 @@ class LedgerMachine(RuleBasedStateMachine):
             executed = (
                 self._kakao_charges(order_id)
                 if provider == "kakao.pay"
-                else len(self.echo_pay.charges(order_id))
+                else self._echo_charges(order_id)
             )
             assert executed == 1, f"{order_id} acknowledged by {provider}, not in its ledger"
         for text, provider in self.acked_messages.items():
             if provider == "kakao.talk":
                 found = any(d.text == text for d in self.dc.chat.deliveries(to=self.uuid))
             else:
-                found = any(m.text == text for m in self.echo_chat.messages())
+                found = any(e.text == text for e in self.echo_chat.effects("chat.send"))
             assert found, f"{text} acknowledged by {provider}, not delivered"
 
     def teardown(self) -> None:
