@@ -346,10 +346,22 @@ class _Base:
 
         Event types: :class:`~superapp_sdk.core.breaker.StateChange` (a provider's breaker),
         :class:`~superapp_sdk.core.domains.DomainChange` (a failure domain),
-        :class:`DeadLettered` (an outbox item gave up); ``"*"`` for all of them. Callbacks
-        run in the thread that caused the event; keep them quick. An exception in one is
-        counted in ``listener_errors`` and does not break the call.
+        :class:`DeadLettered` (an outbox item gave up),
+        :class:`~superapp_sdk.NeedsReconciliation` (a write is held for an operator);
+        ``"*"`` for all of them. Callbacks run in the thread that caused the event; keep
+        them quick. An exception in one is counted in ``listener_errors`` and does not
+        break the call.
+
+        Raises:
+            ValueError: ``event_type`` is a string other than ``"*"`` (a class name as a
+                string would never match), or ``callback`` is not callable.
         """
+        if isinstance(event_type, str) and event_type != "*":
+            raise ValueError(
+                f"event_type must be an event class or '*', got the string {event_type!r}"
+            )
+        if not callable(callback):
+            raise ValueError(f"callback must be callable, got {callback!r}")
         self._parts.listeners.setdefault(event_type, []).append(callback)
 
     listener_errors = 0

@@ -18,6 +18,7 @@ import pytest
 
 from superapp_sdk import (
     ChatPolicy,
+    DeadLettered,
     NeedsReconciliation,
     OfflinePolicy,
     Outcome,
@@ -452,9 +453,10 @@ def test_unknown_cancel_is_settled_before_a_new_one(make_rig: Callable[..., Rig]
 def test_replayed_approval_already_executed_is_settled_not_dead_lettered(
     make_rig: Callable[..., Rig],
 ) -> None:
-    """Case 6: the approve ran and its answer was lost; the next try gets "already
-    approved" (-702) and the order is recorded paid, once."""
-    rig = make_rig(Once(APPROVE, Reset(delivered=True)))
+    """Case 6: the approve ran and its answer was lost, and the lookup failed too, so the
+    confirm was queued; its replay gets "already approved" (-702) and the order is
+    recorded paid, once, not dead-lettered."""
+    rig = make_rig(Both(Once(APPROVE, Reset(delivered=True)), Once(ORDER, _refused())))
     checkout = rig.app.payment.start(
         order_id="o-6",
         amount=5_000,
@@ -465,15 +467,18 @@ def test_replayed_approval_already_executed_is_settled_not_dead_lettered(
     tid = checkout.value.provider_ref
     approval = Approval(provider_ref=tid, token=rig.dc.payment.authorize(tid), user_id=USER)
     dead: list[object] = []
-    rig.app.on("DeadLettered", dead.append)
+    rig.app.on(DeadLettered, dead.append)
     with rig.app:
         first = rig.app.payment.confirm(order_id="o-6", approval=approval)
-        assert first.value.status in (PaymentStatus.APPROVED, PaymentStatus.PENDING)
+        assert first.via is Via.QUEUED
         assert rig.app.drain(5.0)
-    status = rig.app.payment.status("o-6")
+        assert rig.app.health().dead_letters == 0
+        status = rig.app.payment.status("o-6")
     assert status.value.status is PaymentStatus.APPROVED
     assert dead == []
     assert rig.executed_charges("o-6") == 1
+    approvals = [r for r in rig.transport.requests if r.url.path == APPROVE]
+    assert len(approvals) == 2  # the replay was sent, and KakaoPay refused it with -702
 
 
 def test_charge_nobody_received_is_unavailable_and_free_to_retry(
@@ -681,3 +686,48 @@ def _status_is_approved(app: SuperApp, order_id: str) -> bool:
     except Unavailable:
         return False
     return out.via is Via.PRIMARY and out.value.status is PaymentStatus.APPROVED
+
+
+def test_on_refuses_an_event_name_given_as_a_string(tmp_path: Path) -> None:
+    """app.on("DeadLettered", cb) would never fire: it is refused, naming the mistake."""
+    app = SuperApp(state_dir=tmp_path / "s")
+    try:
+        with pytest.raises(ValueError, match="DeadLettered"):
+            app.on("DeadLettered", print)
+        app.on("*", print)
+        app.on(DeadLettered, print)
+    finally:
+        app.close()
+
+
+# -- mobility: a ride requested twice is two taxis ---------------------------------------
+
+
+def test_ride_request_and_rental_end_are_never_sent_to_a_second_provider(
+    tmp_path: Path,
+) -> None:
+    """A ride request or a rental end that ran at the first provider and lost its answer
+    is held (OutcomeUnknown), not sent to the second: from both providers' records, each
+    ran once."""
+    from superapp_sdk.capabilities.mobility import Place
+    from superapp_sdk.testing.echo import EchoMobility
+
+    first = EchoMobility(name="first.mobility", failure_domain="first")
+    second = EchoMobility(name="second.mobility", failure_domain="second")
+    app = SuperApp(mobility=[first, second], state_dir=tmp_path / "m")
+    here, there = Place(37.49, 127.02), Place(37.56, 126.97)
+    try:
+        first.lose_next(operation="mobility.request_ride")
+        with pytest.raises(OutcomeUnknown):
+            app.mobility.request_ride(rider=USER, origin=here, destination=there)
+        first.start_rental("r-1")
+        second.start_rental("r-1")
+        first.lose_next(operation="mobility.end_rental")
+        with pytest.raises(OutcomeUnknown):
+            app.mobility.end_rental(rental_id="r-1", location=there, at=1_800_000_000.0)
+    finally:
+        app.close()
+    assert len(first.effects("mobility.request_ride")) == 1
+    assert second.effects("mobility.request_ride") == ()
+    assert len(first.effects("mobility.end_rental")) == 1
+    assert second.effects("mobility.end_rental") == ()
