@@ -39,15 +39,11 @@ from superapp_sdk.testing import FaultTransport, Hang, Reset, for_paths
 from superapp_sdk.testing._faults import Fault
 from superapp_sdk.testing.echo import EchoChat, EchoPay
 from superapp_sdk.testing.kakao import DataCenterServer, KakaoDataCenter
+from tests._kakao_paths import APPROVE, CANCEL, ORDER, SUBSCRIPTION, TALK
 
 pytestmark = pytest.mark.network
 
 USER = "user-minji"
-SUBSCRIPTION = "/pay/online/v1/payment/subscription"
-APPROVE = "/pay/online/v1/payment/approve"
-CANCEL = "/pay/online/v1/payment/cancel"
-ORDER = "/pay/online/v1/payment/order"
-TALK = "/kapi/v1/api/talk/friends/message/default/send"
 
 
 class Both:
