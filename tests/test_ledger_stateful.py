@@ -327,9 +327,8 @@ class LedgerMachine(RuleBasedStateMachine):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-#: Each example starts an app and sends real requests over loopback: 25 in the CI profile
-#: (on the code before the at-most-once rule, a double charge was found at the 3rd), 200
-#: in the long one.
+#: Each example starts an app and sends real requests over loopback: 25 in the CI profile,
+#: 200 in the long one.
 LedgerMachine.TestCase.settings = settings(
     settings.default, max_examples=25 if settings.default.max_examples <= 50 else 200
 )
