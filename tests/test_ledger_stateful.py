@@ -41,7 +41,7 @@ from superapp_sdk.capabilities.payment import Approval, PaymentStatus
 from superapp_sdk.core.breaker import BreakerOptions
 from superapp_sdk.core.domains import DomainOptions
 from superapp_sdk.providers._http import run_call
-from superapp_sdk.testing import Error, FaultTransport, Hang, Reset
+from superapp_sdk.testing import Error, FaultTransport, Hang, Lost, Reset
 from superapp_sdk.testing._faults import Fault
 from superapp_sdk.testing.echo import EchoChat, EchoPay
 from superapp_sdk.testing.kakao import DataCenterServer, KakaoDataCenter
@@ -51,13 +51,17 @@ pytestmark = pytest.mark.network
 
 USER = "user-minji"
 
-#: Faults for one request: applied then answer lost (the case that must never run a write
-#: twice), or provably not sent.
+#: Faults for one request: applied then the answer lost (reset, hang, a 500 in its place,
+#: the next connection refused, an answer after the client's timeout: the cases that must
+#: never run a write twice), or provably not sent.
 FAULTS: list[Fault | None] = [
     None,
     Reset(delivered=True),
     Reset(graceful=True, delivered=True),
     Hang(delivered=True),
+    Lost("500"),
+    Lost("refuse_next"),
+    Lost("late", seconds=1.0),
     Error(httpx.ConnectError),
 ]
 
