@@ -727,3 +727,45 @@ def test_ride_request_and_rental_end_are_never_sent_to_a_second_provider(
     assert second.effects("mobility.request_ride") == ()
     assert len(first.effects("mobility.end_rental")) == 1
     assert second.effects("mobility.end_rental") == ()
+
+
+def test_the_first_answer_after_recovery_does_not_open_the_breaker(tmp_path: Path) -> None:
+    """Case 6 as seen with the default breaker: the queued confirm's successful replay
+    brought the window to its minimum calls with the outage's failures in it and opened
+    the breaker, so payment.status answered CircuitOpen right after recovery. A fast
+    success never opens it now."""
+    from superapp_sdk.testing.kakao import Burn
+
+    dc = KakaoDataCenter()
+    with DataCenterServer(dc) as server:
+        app = SuperApp(
+            payment=[server.adapters().pay],
+            state_dir=tmp_path / "state",
+            timeouts=Timeouts(read=0.5, write=0.5, payment=0.5, floor=0.05),
+            breaker=BreakerOptions(minimum_calls=5, window_size=20, open_seconds=30.0),
+            # The breaker alone: no suspect or open domain skips the calls below.
+            domains=DomainOptions(suspect_seconds=0.0, failures_per_capability=50),
+        )
+        try:
+            checkout = app.payment.start(
+                order_id="o-6b",
+                amount=5_000,
+                item_name="Ride",
+                user_id=USER,
+                return_url="https://app.example/pay/done",
+            )
+            tid = checkout.value.provider_ref
+            approval = Approval(provider_ref=tid, token=dc.payment.authorize(tid), user_id=USER)
+            server.burn(Burn.HANG, ["payment"])
+            assert app.payment.confirm(order_id="o-6b", approval=approval).via is Via.QUEUED
+            for _ in range(2):
+                with pytest.raises(Unavailable):
+                    app.payment.status("o-6b")
+            server.restore()
+            with app:
+                assert app.drain(10.0)
+                out = app.payment.status("o-6b")
+        finally:
+            app.close()
+    assert (out.via, out.value.status) == (Via.PRIMARY, PaymentStatus.APPROVED)
+    assert len(dc.payment.charges("o-6b")) == 1

@@ -89,12 +89,27 @@ def test_stays_closed_below_failure_rate() -> None:
     assert m.metrics(0.0).failure_rate == 0.4
 
 
-def test_opens_when_the_minimum_call_is_a_success() -> None:
-    """Nine failures then a success reach 90 % over ``minimum_calls`` calls: open."""
+def test_a_fast_success_never_opens_the_breaker() -> None:
+    """Nine failures then a success reach 90 % over ``minimum_calls`` calls, but the
+    provider has just answered: the breaker opens on the next failure, not on the
+    success (case 6: a recovered provider was turned away by its own first answer)."""
     m = make(window_size=10, minimum_calls=10, failure_rate=0.5)
     for _ in range(9):
         call(m, 0.0, failed=True)
     call(m, 0.0, failed=False)
+    assert m.state is S.CLOSED
+    call(m, 0.0, failed=True)
+    assert m.state is S.OPEN
+
+
+def test_a_slow_success_can_open_on_the_slow_call_rate() -> None:
+    """A success that is slow still counts toward the slow-call rate, and can open."""
+    m = make(window_size=4, minimum_calls=4, slow_call_rate=0.5, slow_call_seconds=1.0)
+    for _ in range(3):
+        call(m, 0.0, failed=False)
+    call(m, 0.0, failed=False, duration=2.0)
+    assert m.state is S.CLOSED
+    call(m, 0.0, failed=False, duration=2.0)
     assert m.state is S.OPEN
 
 
@@ -103,7 +118,7 @@ def test_opens_exactly_at_a_rate_that_multiplication_would_miss() -> None:
     assert 0.28 * 25 > 7  # why this is a test: the product rounds up
     m = make(window_size=25, minimum_calls=25, failure_rate=0.28)
     for i in range(25):
-        call(m, 0.0, failed=i < 7)
+        call(m, 0.0, failed=i >= 18)  # the 25th call, a failure, is judged
     assert m.state is S.OPEN
 
 

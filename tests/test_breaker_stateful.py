@@ -130,10 +130,11 @@ class BreakerModel:
         if self.state is S.DISABLED:
             return
         self.outcomes.append((now, failed, slow))
-        if self.state is S.CLOSED:
+        if self.state is S.CLOSED and (failed or slow):
             calls, failures, slows = self.window(now)
             if calls >= self.o.minimum_calls and (
-                failures / calls >= self.o.failure_rate or slows / calls >= self.o.slow_call_rate
+                (failed and failures / calls >= self.o.failure_rate)
+                or slows / calls >= self.o.slow_call_rate
             ):
                 self.open(now, machine_open_until)
 

@@ -340,16 +340,17 @@ class BreakerMachine:
         if state is BreakerState.DISABLED:
             return
         calls, failures, slowed = self._window.record(failed, slow, now)
-        # Judged after successes too: the call that brings the window to
-        # ``minimum_calls`` may be a success while the failures already reach the rate.
+        # Judged on the call that fails or is slow, never on a fast success: the provider
+        # has just answered, and opening then (the window reaching ``minimum_calls`` with
+        # failures from an outage that is over) would turn it away right after recovery.
         # Compare the rates themselves: ``failures >= rate * calls`` misses the threshold
         # by rounding (7 of 25 calls is 0.28, but 0.28 * 25 == 7.000000000000001).
         opts = self.options
         if state is not BreakerState.CLOSED or calls < opts.minimum_calls:
             return
-        if (rate := failures / calls) >= opts.failure_rate:
+        if failed and (rate := failures / calls) >= opts.failure_rate:
             self._open(now, f"failure rate {rate:.0%} over {calls} calls")
-        elif (rate := slowed / calls) >= opts.slow_call_rate:
+        elif (failed or slow) and (rate := slowed / calls) >= opts.slow_call_rate:
             self._open(now, f"slow-call rate {rate:.0%} over {calls} calls")
 
     # -- manual control ----------------------------------------------------------------
