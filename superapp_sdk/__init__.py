@@ -34,6 +34,7 @@ from superapp_sdk._errors import (
     SuperAppError,
     Unauthorized,
     Unavailable,
+    Undeliverable,
 )
 from superapp_sdk._ops import ChatPolicy, IdentityPolicy, NeedsReconciliation, OfflinePolicy
 from superapp_sdk._outcome import Attempt, Outcome, Via
@@ -81,5 +82,6 @@ __all__ = [
     "Timeouts",
     "Unauthorized",
     "Unavailable",
+    "Undeliverable",
     "Via",
 ]

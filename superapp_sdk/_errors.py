@@ -21,7 +21,9 @@ Errors are grouped by cause, so a caller can decide what to do from the class al
     │   ├── BulkheadFull             too many concurrent calls
     │   ├── IdempotencyConflict      one idempotency key, two different payloads
     │   ├── NotApplicable            this provider cannot serve this call (no address
-    │   │                            or billing key for the user there)
+    │   │   │                        or billing key for the user there)
+    │   │   └── Undeliverable            no configured provider could ever take this
+    │   │                                write: refused at once, never queued
     │   └── OfflineCapExceeded       an offline allowance (voucher cap, grace scope) is spent
     ├── OutcomeUnknown            an at-most-once write may or may not have executed at
     │                             ``provider``; held, never sent again (``ticket``)
@@ -66,6 +68,7 @@ __all__ = [
     "SuperAppError",
     "Unauthorized",
     "Unavailable",
+    "Undeliverable",
 ]
 
 
@@ -212,6 +215,16 @@ class IdempotencyConflict(Rejected):
 class NotApplicable(Rejected):
     """This provider cannot serve this call: the user has no address, subject or billing
     key there, or the provider does not offer the operation. The router moves on."""
+
+
+class Undeliverable(NotApplicable):
+    """No configured provider could ever take this write: no provider of the capability
+    is configured, or the user has no address (or billing key) at any of them.
+
+    Raised at once and never queued: a queued write that no provider can serve would sit
+    in the outbox and hold back every later write of its conversation or order. ``code``
+    says which: ``"no_provider"``, ``"no_address"``, ``"no_billing_key"``.
+    """
 
 
 class OfflineCapExceeded(Rejected):

@@ -34,6 +34,7 @@ from superapp_sdk._errors import (
     StoreError,
     Unauthorized,
     Unavailable,
+    Undeliverable,
 )
 from superapp_sdk._outcome import Attempt, Outcome, Via
 from superapp_sdk.capabilities._common import (
@@ -420,6 +421,8 @@ def chat_send(
     )
     entity = f"chat:{conversation or to}"
     payload = {"to": to, "text": text, "conversation": conversation}
+    contact = st.directory.get(to)
+    _reachable(st, Capability.CHAT, "chat.send", lambda p: p.name in contact.addresses, to)
     if idempotency_key and not replay:
         _claim_key(st, "chat.send", key, payload)
     name = f"message:{key}"
@@ -444,7 +447,6 @@ def chat_send(
         # Earlier messages of this conversation are still queued: keep their order.
         ticket = st.enqueue(entity, "chat.send", payload, key)
         return _queued_receipt(ticket, to, conversation, st, ())
-    contact = st.directory.get(to)
     maybe = record.maybe
     if record.maybe and st.chat_policy is ChatPolicy.HOLD:
         raise _hold_message(st, record, record.maybe[-1], ())
@@ -491,6 +493,39 @@ def chat_send(
         ),
     )
     return _outcome(routed, also=also)
+
+
+def _reachable(
+    st: State,
+    capability: Capability,
+    operation: str,
+    serves: Callable[[Any], bool],
+    user_id: str,
+) -> None:
+    """Refuse at once a write no configured provider could ever take (it would sit in the
+    outbox for good and hold back its conversation or order).
+
+    Raises:
+        Undeliverable: no provider offers ``operation``, or none of them ``serves`` the
+            user (no address or billing key there).
+    """
+    offering = [p for p in st.providers.get(capability, ()) if operation in p.operations]
+    if not offering:
+        raise Undeliverable(
+            f"{operation}: no {capability.value} provider that offers it is configured;"
+            " nothing was sent or queued",
+            operation=operation,
+            code="no_provider",
+        )
+    if not any(serves(p) for p in offering):
+        what = "billing key" if capability is Capability.PAYMENT else "address"
+        names = ", ".join(p.name for p in offering)
+        raise Undeliverable(
+            f"{operation}: user {user_id!r} has no {what} at any provider ({names});"
+            f" nothing was sent or queued (app.directory.put adds one)",
+            operation=operation,
+            code=f"no_{what.replace(' ', '_')}",
+        )
 
 
 def _deliverable_elsewhere(st: State, addresses: Mapping[str, str], maybe: tuple[str, ...]) -> bool:
@@ -882,6 +917,13 @@ def payment_charge(
     if not isinstance(offline, OfflinePolicy):
         raise ValueError(f"offline must be an OfflinePolicy, got {offline!r}")
     money = Money(amount, currency)
+    _reachable(
+        st,
+        Capability.PAYMENT,
+        "payment.charge",
+        lambda p: st.directory.billing_key(user_id, p.name) is not None,
+        user_id,
+    )
     record = _new_record(st, order_id, money, user_id)
     kept = _kept_payment(st, record)
     if record.status in _CHARGED and kept is not None:

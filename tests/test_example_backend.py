@@ -45,3 +45,10 @@ def test_bad_input_is_a_422(client: httpx.Client) -> None:
     bad = client.post("/messages", json={"to": "demo-user", "text": ""})
     assert bad.status_code == 422
     assert "text" in bad.json()["detail"]
+
+
+def test_a_message_to_nobody_is_a_422_not_queued(client: httpx.Client) -> None:
+    """A recipient no chat provider knows is refused (it was answered 200 "queued")."""
+    bad = client.post("/messages", json={"to": "nobody", "text": "hello"})
+    assert bad.status_code == 422
+    assert "nobody" in bad.json()["detail"]

@@ -22,7 +22,7 @@ import httpx
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
-from superapp_sdk import AsyncSuperApp, Outcome, SuperAppError, Unavailable
+from superapp_sdk import AsyncSuperApp, Outcome, SuperAppError, Unavailable, Undeliverable
 from superapp_sdk.capabilities.mobility import Place
 from superapp_sdk.testing.echo import EchoChat, EchoMobility
 from superapp_sdk.testing.kakao import KakaoDataCenter
@@ -103,7 +103,8 @@ async def send_message(body: MessageIn) -> dict[str, Any]:
             conversation=body.conversation,
             idempotency_key=body.idempotency_key,
         )
-    except ValueError as exc:
+    except (ValueError, Undeliverable) as exc:
+        # Undeliverable: no provider has this recipient; it would never be delivered.
         raise HTTPException(422, str(exc)) from exc
     except SuperAppError as exc:
         raise HTTPException(502, f"{type(exc).__name__}: {exc}") from exc
