@@ -21,6 +21,7 @@ import secrets
 from collections.abc import Callable, Collection, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from superapp_sdk import _codec
 from superapp_sdk._directory import Directory
@@ -615,10 +616,23 @@ def _new_record(st: State, order_id: str, amount: Money, user_id: str) -> Paymen
         st.save(_record_key(order_id), record)
         return record
     if existing.amount != amount or existing.user_id != user_id:
-        raise InvalidRequest(
-            f"order {order_id!r} exists with another amount or user; an order id is one payment"
+        # One meaning, one error: an order id is the payment's idempotency key, reused here
+        # with another payload (as a chat key reused for another message).
+        raise IdempotencyConflict(
+            f"order {order_id!r} exists with another amount or user; an order id is one"
+            " payment, nothing was sent",
+            operation="payment",
+            code="idempotency_conflict",
         )
     return existing
+
+
+def _payable(amount: int, currency: str) -> Money:
+    """The amount to charge, validated before anything is recorded."""
+    money = Money(amount, currency)
+    if money.amount == 0:
+        raise ValueError(f"amount must be > 0 minor units of {currency}, got 0")
+    return money
 
 
 def payment_start(
@@ -636,7 +650,9 @@ def payment_start(
     _text("item_name", item_name, limit=100)
     _text("user_id", user_id, limit=100)
     _text("return_url", return_url)
-    money = Money(amount, currency)
+    if urlsplit(return_url).scheme not in ("http", "https") or not urlsplit(return_url).netloc:
+        raise ValueError(f"return_url must be an absolute http(s) URL, got {return_url!r}")
+    money = _payable(amount, currency)
     record = _new_record(st, order_id, money, user_id)
     if record.status is PaymentStatus.APPROVED:
         raise InvalidRequest(f"order {order_id!r} is already paid", code="already_paid")
@@ -916,7 +932,7 @@ def payment_charge(
     _text("user_id", user_id, limit=100)
     if not isinstance(offline, OfflinePolicy):
         raise ValueError(f"offline must be an OfflinePolicy, got {offline!r}")
-    money = Money(amount, currency)
+    money = _payable(amount, currency)
     _reachable(
         st,
         Capability.PAYMENT,

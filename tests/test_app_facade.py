@@ -420,9 +420,10 @@ def test_charge_twice_with_one_order_id_charges_once(rig: Rig) -> None:
 
 
 def test_charge_of_an_order_with_another_amount_is_refused(rig: Rig) -> None:
-    """An order id is one payment: charging it again with another amount is refused."""
+    """An order id is one payment: charging it again with another amount is refused as an
+    idempotency conflict, as a chat key reused for another message is."""
     rig.app.payment.charge(order_id="o-1", amount=4_500, user_id=USER)
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(IdempotencyConflict):
         rig.app.payment.charge(order_id="o-1", amount=9_000, user_id=USER)
     assert [p.amount.amount for p in rig.pay_a.charges("o-1")] == [4_500]
 

@@ -38,7 +38,7 @@ texts = st.text(min_size=1, max_size=40)
 optional_texts = st.none() | texts
 times = st.floats(min_value=0, max_value=4e9, allow_nan=False, allow_infinity=False)
 optional_times = st.none() | times
-counts = st.integers(min_value=0, max_value=10**12)
+counts = st.integers(min_value=0, max_value=10**9)  # every currency allows 10**9 major units
 currencies = st.sampled_from(["KRW", "USD", "JPY", "EUR"])
 money = st.builds(Money, amount=counts, currency=currencies)
 optional_money = st.none() | money

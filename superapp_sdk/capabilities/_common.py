@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from superapp_sdk.capabilities._currencies import MAX_MAJOR_UNITS, minor_units
+
 __all__ = [
     "Capability",
     "Money",
@@ -70,9 +72,17 @@ class Money:
             raise ValueError(f"Money.amount must be an int of minor units, got {self.amount!r}")
         if self.amount < 0:
             raise ValueError(f"Money.amount must be >= 0, got {self.amount!r}")
-        if not (len(self.currency) == 3 and self.currency.isascii() and self.currency.isupper()):
+        digits = minor_units(self.currency) if isinstance(self.currency, str) else None
+        if digits is None:
             raise ValueError(
-                f"Money.currency must be an ISO 4217 code like 'KRW', got {self.currency!r}"
+                "Money.currency must be a chargeable ISO 4217 code like 'KRW' or 'USD',"
+                f" got {self.currency!r}"
+            )
+        limit = MAX_MAJOR_UNITS * 10**digits
+        if self.amount > limit:
+            raise ValueError(
+                f"Money.amount {self.amount} is over the limit of {limit} minor units of"
+                f" {self.currency} ({MAX_MAJOR_UNITS:,} {self.currency})"
             )
 
 

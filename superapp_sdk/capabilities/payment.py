@@ -19,7 +19,7 @@ SDK querying ``status`` before any retry or failover of a write whose outcome is
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from superapp_sdk.capabilities._common import Money, Provider, require_seconds, require_text
@@ -149,7 +149,7 @@ class Payment:
     approved_at: float | None
     provider_ref: str
     approval_id: str | None = None
-    billing_key: str | None = None
+    billing_key: str | None = field(default=None, repr=False)
     canceled_amount: Money | None = None
 
     def __post_init__(self) -> None:
