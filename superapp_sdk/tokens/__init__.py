@@ -9,6 +9,7 @@ from superapp_sdk.tokens._jwt import (
     DEFAULT_ALGORITHMS,
     MAX_TOKEN_CHARS,
     SUPPORTED_ALGORITHMS,
+    token_claims,
     token_header,
     verify_id_token,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "SUPPORTED_ALGORITHMS",
     "JwksCache",
     "JwksCacheOptions",
+    "token_claims",
     "token_header",
     "verify_id_token",
 ]

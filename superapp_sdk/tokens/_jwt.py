@@ -15,6 +15,7 @@ import binascii
 import hmac
 import json
 import math
+import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = [
     "DEFAULT_ALGORITHMS",
     "MAX_TOKEN_CHARS",
     "SUPPORTED_ALGORITHMS",
+    "token_claims",
     "token_header",
     "verify_id_token",
 ]
@@ -65,15 +67,28 @@ def _fail(check: str, message: str, provider: str | None) -> Unauthorized:
     return Unauthorized(message, provider=provider, code=f"id_token_{check}", retryable=False)
 
 
+#: RFC 4648 section 5's alphabet, unpadded (RFC 7515 section 2).
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _b64decode(segment: str) -> bytes:
-    # RFC 7515 section 2: base64url without padding; anything else is malformed.
-    if not segment or "=" in segment:
-        raise ValueError("empty or padded segment")
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    # RFC 7515 section 2: base64url without padding, nothing else. The standard library's
+    # decoder also takes "+" and "/", skips whitespace and ignores non-zero trailing bits,
+    # so one signature would have many spellings: refuse all but the canonical one.
+    if not _BASE64URL.fullmatch(segment) or len(segment) % 4 == 1:
+        raise ValueError("not unpadded base64url")
+    raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    if base64.urlsafe_b64encode(raw).rstrip(b"=") != segment.encode("ascii"):
+        raise ValueError("not canonical base64url")
+    return raw
 
 
 def _b64json(segment: str) -> dict[str, Any]:
-    data = json.loads(_b64decode(segment))
+    try:
+        data = json.loads(_b64decode(segment))
+    except RecursionError as exc:
+        # JSON nested deeper than the parser goes: an attack, not a token.
+        raise ValueError("JSON nested too deeply") from exc
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
     return data
@@ -104,6 +119,22 @@ def token_header(token: str, *, provider: str | None = None) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
         raise _fail(
             "malformed", "id_token malformed: header is not base64url JSON", provider
+        ) from exc
+
+
+def token_claims(token: str, *, provider: str | None = None) -> dict[str, Any]:
+    """The token's claims, **unverified**: only to route it (by ``iss``) to the provider
+    whose keys will verify it.
+
+    Raises:
+        Unauthorized: the token is not a compact JWS with a JSON object payload.
+    """
+    parts = _split(token, provider)
+    try:
+        return _b64json(parts[1])
+    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+        raise _fail(
+            "malformed", "id_token malformed: payload is not base64url JSON", provider
         ) from exc
 
 
