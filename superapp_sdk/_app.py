@@ -62,6 +62,7 @@ from superapp_sdk.resilience import (
     Timer,
 )
 from superapp_sdk.store import DiskStore
+from superapp_sdk.tokens import JwksCacheOptions
 from superapp_sdk.tokens._seal import Sealer
 
 __all__ = [
@@ -207,6 +208,7 @@ class _Base:
         outbox_policies: Mapping[str, OutboxPolicy] | None = None,
         identity_policy: IdentityPolicy | None = None,
         chat_policy: ChatPolicy = ChatPolicy.FAIL_OVER,
+        jwks: JwksCacheOptions | None = None,
         timer: Timer | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -265,6 +267,7 @@ class _Base:
             identity_policy=identity_policy or IdentityPolicy(),
             chat_policy=chat_policy,
             emit=self._emit,
+            jwks_options=jwks,
         )
         detector = SharedDetector(FailureDomainDetector(domains, rng=rng), timer=self.timer)
         budgets: dict[str, SharedBudget] = {}
@@ -495,6 +498,9 @@ class SuperApp(_Base):
         chat_policy: after a send of unknown outcome at a provider that cannot
             deduplicate, deliver through the next channel (``FAIL_OVER``, the default)
             or hold it (``HOLD``); see :class:`~superapp_sdk.ChatPolicy`.
+        jwks: how long identity providers' key sets are trusted and how often they are
+            refetched (:class:`~superapp_sdk.tokens.JwksCacheOptions`; ``max_stale``
+            bounds how long tokens verify while a provider is down).
         timer, rng: time and randomness (``FakeClock`` in tests).
     """
 

@@ -60,7 +60,7 @@ from superapp_sdk.offline.outbox import Outbox
 from superapp_sdk.providers._http import Call, DirectCall, Flow
 from superapp_sdk.resilience._router import Routed
 from superapp_sdk.store._protocol import Store
-from superapp_sdk.tokens import token_claims, verify_id_token
+from superapp_sdk.tokens import JwksCache, JwksCacheOptions, token_claims, verify_id_token
 from superapp_sdk.tokens._seal import Sealer
 
 __all__ = [
@@ -310,6 +310,7 @@ class State:
         identity_policy: IdentityPolicy,
         chat_policy: ChatPolicy = ChatPolicy.FAIL_OVER,
         emit: Callable[[object], None] | None = None,
+        jwks_options: JwksCacheOptions | None = None,
     ) -> None:
         self.store = store
         self.outbox = outbox
@@ -321,6 +322,8 @@ class State:
         self.identity_policy = identity_policy
         self.chat_policy = chat_policy
         self.emit: Callable[[object], None] = emit or (lambda event: None)
+        self.jwks_options = jwks_options or JwksCacheOptions()
+        self.jwks: dict[str, JwksCache] = {}
 
     def provider(self, capability: Capability, name: str) -> Provider:
         for p in self.providers.get(capability, ()):
@@ -1271,32 +1274,82 @@ def _jwks_key(provider: str) -> str:
     return f"jwks:{provider}"
 
 
+def _jwks_cache(st: State, p: Any) -> JwksCache:
+    """The provider's key-set cache, loaded from disk (with its fetch time) on first use."""
+    cache = st.jwks.get(p.name)
+    if cache is not None:
+        return cache
+    cache = JwksCache(clock=st.clock, options=st.jwks_options)
+    raw = st.store.get(_jwks_key(p.name))
+    if raw is not None:
+        try:
+            data = json.loads(raw)
+            cache.update(data["jwks"], fetched_at=float(data["fetched_at"]))
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise StoreError(f"cached key set of {p.name} is unreadable: {exc}") from exc
+    return st.jwks.setdefault(p.name, cache)
+
+
 def _jwks(st: State, p: Any, *, force: bool) -> Op[tuple[dict[str, Any], float | None]]:
-    """The provider's key set: fetched (and cached on disk) or, when it is down, the cached
-    copy with its age."""
-    cached = st.store.get(_jwks_key(p.name))
-    if cached is not None and not force:
-        data = json.loads(cached)
-        if st.clock.time() - data["fetched_at"] < 3600:
-            return data["jwks"], None
-    try:
-        routed = yield Invoke(
-            Capability.IDENTITY,
-            "identity.jwks",
-            OperationKind.READ,
-            lambda q: q.jwks(),
-            providers=(p.name,),
-        )
-    except Unavailable:
-        if cached is None:
+    """The provider's key set, and its age when it is served past its freshness.
+
+    Fresh keys (younger than ``refresh_after``) are used as they are. Otherwise one
+    fetch is made (single-flight, never more often than ``min_refetch_interval``, which
+    also bounds refetches for unknown ``kid`` values); while the provider is down the
+    cached keys are used up to ``max_stale`` old, and never after.
+    """
+    cache = _jwks_cache(st, p)
+    now = st.clock.time()
+    if not force and not cache.needs_refresh(now):
+        doc = cache.document(now)
+        if doc is not None:
+            return doc, None
+    if cache.begin_fetch(now, force=force):
+        try:
+            routed = yield Invoke(
+                Capability.IDENTITY,
+                "identity.jwks",
+                OperationKind.READ,
+                lambda q: q.jwks(),
+                providers=(p.name,),
+            )
+        except Unavailable:
+            cache.end_fetch(None)
+            routed = None
+        except BaseException:
+            cache.end_fetch(None)
             raise
-        data = json.loads(cached)
-        return data["jwks"], st.clock.time() - data["fetched_at"]
-    st.store.set(
-        _jwks_key(p.name),
-        json.dumps({"jwks": routed.value, "fetched_at": st.clock.time()}).encode(),
-    )
-    return routed.value, None
+        if routed is not None:
+            try:
+                cache.end_fetch(routed.value)
+            except ValueError as exc:
+                raise Unauthorized(
+                    f"{p.name} served a malformed key set: {exc}",
+                    provider=p.name,
+                    code="id_token_jwks",
+                ) from exc
+            fetched = st.clock.time()
+            st.store.set(
+                _jwks_key(p.name),
+                json.dumps({"jwks": routed.value, "fetched_at": fetched}).encode(),
+            )
+            return cache.document(fetched) or routed.value, None
+    now = st.clock.time()
+    doc = cache.document(now)
+    if doc is None:
+        age = cache.age(now)
+        why = (
+            "no key set has been fetched"
+            if age is None
+            else f"the cached key set is {age:.0f}s old, past max_stale"
+            f" ({st.jwks_options.max_stale:.0f}s)"
+        )
+        raise Unavailable(
+            f"identity.jwks: {p.name} cannot be asked now and {why}; tokens are not"
+            " verified with keys that old",
+            operation="identity.jwks",
+        )
+    return doc, cache.age(now) if cache.needs_refresh(now) else None
 
 
 def _verify(st: State, p: Any, token: str, nonce: str | None) -> Op[tuple[Claims, float | None]]:
