@@ -416,3 +416,23 @@ def test_an_old_sqlite_is_refused_naming_the_version(
     with pytest.raises(StoreError, match=r"3\.35\.0 or newer.*3\.31\.1"):
         SqliteFile(tmp_path / "x.sqlite3")
     assert not (tmp_path / "x.sqlite3").exists()
+
+
+def test_a_truncated_outbox_is_refused_not_opened_empty(tmp_path: Path) -> None:
+    """An outbox file truncated to 0 bytes (20 items in it) raises StoreError naming the
+    file, and the file is left where it is; it used to open as an empty queue."""
+    from superapp_sdk.offline import Outbox
+
+    ob = Outbox(tmp_path / "state")
+    for i in range(20):
+        ob.enqueue(entity="e", operation="chat.send", payload={"i": i}, idempotency_key=f"k{i}")
+    ob.close()
+    path = tmp_path / "state" / "outbox.sqlite3"
+    for side in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+        side.unlink(missing_ok=True)
+    path.write_bytes(b"")
+    with pytest.raises(StoreError, match="empty") as info:
+        Outbox(tmp_path / "state")
+    assert str(path) in str(info.value)
+    assert path.exists()
+    assert path.stat().st_size == 0

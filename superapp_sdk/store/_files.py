@@ -75,6 +75,34 @@ def ensure_private_file(path: Path) -> None:
         raise store_error(path, "creating the state file", exc) from exc
 
 
+def _refuse_emptied(path: Path) -> None:
+    """StoreError when ``path`` exists but is empty and has no WAL beside it.
+
+    sqlite opens a zero-byte file as a new, empty database: a state file truncated by a
+    full disk, a bad restore or a stray ``>`` would silently become an empty queue and
+    every write in it would be lost. A database this class created has its header from
+    its first transaction on, so an empty one is damage; it is left where it is for the
+    operator, who moves it aside to start over.
+    """
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise store_error(path, "inspecting the state file", exc) from exc
+    if size:
+        return
+    wal = Path(f"{path}-wal")
+    if wal.exists() and wal.stat().st_size:
+        return
+    raise StoreError(
+        f"the state file {path} exists but is empty: it was truncated, and opening it would"
+        " start over with nothing in it. Restore it from a backup, or move it aside to"
+        " start with an empty one.",
+        path=str(path),
+    )
+
+
 class SqliteFile:
     """A sqlite database in WAL mode: one connection for writes, one per thread for reads.
 
@@ -132,6 +160,7 @@ class SqliteFile:
         self._in_use = 0
         self._idle = threading.Condition(threading.Lock())
         ensure_private_dir(path.parent)
+        _refuse_emptied(path)
         ensure_private_file(path)
         with self.reading("opening the state file") as con:
             con.execute("PRAGMA schema_version").fetchone()
