@@ -16,11 +16,17 @@ implementation.
 The drivers turn transport failures into the SDK's error tree and record whether the
 request may have reached the provider (``request_sent``): a connection that was never
 made proves a payment did not execute; a read timeout proves nothing.
+
+The drivers read the answer's raw bytes and decode them through :class:`BodyDecoder`,
+which bounds both the bytes off the wire and the bytes they inflate to, and refuses a
+compression ratio no JSON answer has: a 61 KB gzip answer that inflates to 60 MiB is
+refused after a few KiB of output, never materialised.
 """
 
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeAlias, TypeVar
@@ -40,6 +46,9 @@ from superapp_sdk._errors import (
 
 __all__ = [
     "MAX_BODY_BYTES",
+    "MAX_COMPRESSION_RATIO",
+    "RATIO_FLOOR_BYTES",
+    "BodyDecoder",
     "Call",
     "DirectCall",
     "Flow",
@@ -60,6 +69,22 @@ Flow: TypeAlias = Generator[httpx.Request, httpx.Response, T]
 #: Provider answers larger than this are refused (a provider never needs more for the
 #: operations the SDK performs; a bigger body is a fault or an attack).
 MAX_BODY_BYTES = 1 << 20
+
+#: A compressed answer that inflates more than this many times over is refused once it
+#: has produced more than :data:`RATIO_FLOOR_BYTES`: JSON compresses 5-20:1, a run of
+#: zeros (a decompression bomb) about 1000:1.
+MAX_COMPRESSION_RATIO = 100
+
+#: Decoded bytes below which the ratio is not judged (a tiny answer of repeated
+#: characters can compress far beyond the ratio and costs nothing).
+RATIO_FLOOR_BYTES = 64 << 10
+
+# Decoded output is produced in steps of at most this many bytes, so a bomb is refused
+# within one step of a limit instead of after inflating a whole wire chunk.
+_DECODE_STEP = 64 << 10
+
+# Content codings the decoder bounds (RFC 9110 section 8.4.1); x-gzip is gzip's alias.
+_WBITS = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,23 +131,172 @@ def _transport_error(exc: httpx.TransportError, provider: str, operation: str) -
     )
 
 
-def _capped(response: httpx.Response, chunks: list[bytes]) -> httpx.Response:
-    return httpx.Response(
-        response.status_code,
-        headers=response.headers,
-        content=b"".join(chunks),
-        request=response.request,
-        extensions=response.extensions,
+class BodyDecoder:
+    """Counts an answer's bytes off the wire, decodes its content coding, and refuses it
+    at the first limit it breaks. Sans-IO: the drivers feed it raw chunks and keep what it
+    returns.
+
+    Limits, each a :class:`ProviderError` with ``request_sent=True`` and a ``code``
+    naming it:
+
+    * ``"body_too_large"``: more than ``max_bytes`` bytes off the wire;
+    * ``"decoded_too_large"``: more than ``max_bytes`` bytes once decoded;
+    * ``"compression_ratio"``: more than ``max_ratio`` decoded bytes per wire byte, once
+      more than ``ratio_floor`` bytes are decoded;
+    * ``"bad_encoding"``: a coding other than identity, gzip or deflate, or a body that
+      does not decode.
+
+    Decoding is incremental with a bounded output step, so the decoder never holds more
+    than a limit plus one step, whatever a wire chunk inflates to.
+
+    Args:
+        content_encoding: the answer's ``Content-Encoding`` header, if any.
+        max_bytes: the cap on wire bytes and on decoded bytes.
+        provider, operation, http_status: carried by the error.
+        max_ratio, ratio_floor: the compression ratio limit and the output it starts at.
+    """
+
+    __slots__ = (
+        "_consumed",
+        "_decoded",
+        "_error",
+        "_inflater",
+        "_max_bytes",
+        "_max_ratio",
+        "_ratio_floor",
+        "_raw_deflate_tried",
+        "_wire",
+    )
+
+    def __init__(
+        self,
+        content_encoding: str | None,
+        *,
+        max_bytes: int = MAX_BODY_BYTES,
+        provider: str | None = None,
+        operation: str | None = None,
+        http_status: int | None = None,
+        max_ratio: float = MAX_COMPRESSION_RATIO,
+        ratio_floor: int = RATIO_FLOOR_BYTES,
+    ) -> None:
+        self._max_bytes = max_bytes
+        self._max_ratio = max_ratio
+        self._ratio_floor = ratio_floor
+        self._error: dict[str, Any] = {
+            "provider": provider,
+            "operation": operation,
+            "http_status": http_status,
+            "request_sent": True,
+        }
+        self._wire = 0
+        self._consumed = 0
+        self._decoded = 0
+        self._raw_deflate_tried = False
+        coding = (content_encoding or "identity").strip().lower()
+        self._inflater: Any = None
+        if coding in _WBITS:
+            self._inflater = zlib.decompressobj(_WBITS[coding])
+            self._raw_deflate_tried = coding != "deflate"
+        elif coding not in ("identity", ""):
+            raise self._refuse("bad_encoding", f"answer has content coding {coding!r}")
+
+    @property
+    def wire_bytes(self) -> int:
+        """Bytes fed so far, as they came off the wire."""
+        return self._wire
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Bytes decoded so far."""
+        return self._decoded
+
+    def _refuse(self, code: str, message: str) -> ProviderError:
+        return ProviderError(message, code=code, **self._error)
+
+    def feed(self, raw: bytes) -> list[bytes]:
+        """The decoded bytes of the next raw chunk; raises at the first limit broken."""
+        self._wire += len(raw)
+        if self._wire > self._max_bytes:
+            raise self._refuse(
+                "body_too_large", f"answer exceeds the {self._max_bytes}-byte cap off the wire"
+            )
+        if self._inflater is None:
+            self._decoded += len(raw)
+            return [raw] if raw else []
+        out: list[bytes] = []
+        data = raw
+        while True:
+            before = len(data)
+            try:
+                piece = self._inflater.decompress(data, _DECODE_STEP)
+            except zlib.error as exc:
+                if self._raw_deflate_tried:
+                    raise self._refuse("bad_encoding", f"answer does not decode: {exc}") from exc
+                # "deflate" is zlib-wrapped (RFC 9110 section 8.4.1.2), but some servers
+                # send a raw deflate stream; httpx's decoder accepts both, and so do we.
+                self._raw_deflate_tried = True
+                self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+                continue
+            self._raw_deflate_tried = True
+            data = self._inflater.unconsumed_tail
+            self._consumed += before - len(data)
+            self._count(piece)
+            if piece:
+                out.append(piece)
+            if not data and len(piece) < _DECODE_STEP:
+                return out
+
+    def finish(self) -> list[bytes]:
+        """The decoded bytes still held by the decoder, once the body has ended."""
+        if self._inflater is None:
+            return []
+        try:
+            piece: bytes = self._inflater.flush()
+        except zlib.error as exc:  # pragma: no cover - zlib reports errors on decompress
+            raise self._refuse("bad_encoding", f"answer does not decode: {exc}") from exc
+        self._count(piece)
+        return [piece] if piece else []
+
+    def _count(self, piece: bytes) -> None:
+        self._decoded += len(piece)
+        if self._decoded > self._max_bytes:
+            raise self._refuse(
+                "decoded_too_large",
+                f"answer exceeds the {self._max_bytes}-byte cap once decoded",
+            )
+        if self._decoded > self._ratio_floor and self._decoded > self._max_ratio * max(
+            self._consumed, 1
+        ):
+            raise self._refuse(
+                "compression_ratio",
+                f"answer inflates more than {self._max_ratio:g}:1 "
+                f"({self._consumed} wire bytes gave {self._decoded})",
+            )
+
+
+def _decoder(
+    response: httpx.Response, provider: str, operation: str, max_bytes: int
+) -> BodyDecoder:
+    return BodyDecoder(
+        response.headers.get("content-encoding"),
+        max_bytes=max_bytes,
+        provider=provider,
+        operation=operation,
+        http_status=response.status_code,
     )
 
 
-def _too_big(provider: str, operation: str, status: int, max_bytes: int) -> ProviderError:
-    return ProviderError(
-        f"answer body exceeds the {max_bytes}-byte cap",
-        provider=provider,
-        operation=operation,
-        http_status=status,
-        request_sent=True,
+def _decoded(response: httpx.Response, chunks: list[bytes]) -> httpx.Response:
+    # The body is handed on decoded, so the headers that describe the wire form go.
+    headers = httpx.Headers(response.headers)
+    for name in ("content-encoding", "content-length"):
+        headers.pop(name, None)
+    return httpx.Response(
+        response.status_code,
+        headers=headers,
+        content=b"".join(chunks),
+        request=response.request,
+        extensions=response.extensions,
     )
 
 
@@ -134,18 +308,16 @@ def _send(
     except httpx.TransportError as exc:
         raise _transport_error(exc, provider, operation) from exc
     try:
+        decoder = _decoder(response, provider, operation, max_bytes)
         chunks: list[bytes] = []
-        total = 0
-        for chunk in response.iter_bytes():
-            total += len(chunk)
-            if total > max_bytes:
-                raise _too_big(provider, operation, response.status_code, max_bytes)
-            chunks.append(chunk)
+        for raw in response.iter_raw():
+            chunks += decoder.feed(raw)
+        chunks += decoder.finish()
     except httpx.TransportError as exc:
         raise _transport_error(exc, provider, operation) from exc
     finally:
         response.close()
-    return _capped(response, chunks)
+    return _decoded(response, chunks)
 
 
 async def _asend(
@@ -160,18 +332,16 @@ async def _asend(
     except httpx.TransportError as exc:
         raise _transport_error(exc, provider, operation) from exc
     try:
+        decoder = _decoder(response, provider, operation, max_bytes)
         chunks: list[bytes] = []
-        total = 0
-        async for chunk in response.aiter_bytes():
-            total += len(chunk)
-            if total > max_bytes:
-                raise _too_big(provider, operation, response.status_code, max_bytes)
-            chunks.append(chunk)
+        async for raw in response.aiter_raw():
+            chunks += decoder.feed(raw)
+        chunks += decoder.finish()
     except httpx.TransportError as exc:
         raise _transport_error(exc, provider, operation) from exc
     finally:
         await response.aclose()
-    return _capped(response, chunks)
+    return _decoded(response, chunks)
 
 
 def run_call(
@@ -186,7 +356,9 @@ def run_call(
     """Drive a provider operation to completion with a sync client.
 
     Raises the SDK's errors: transport failures become :class:`ProviderConnectError` or
-    :class:`OperationTimeout` with ``request_sent`` set; the flow raises the rest.
+    :class:`OperationTimeout` with ``request_sent`` set; an answer that breaks a body limit
+    of :class:`BodyDecoder` (``max_bytes`` off the wire or decoded, the compression ratio)
+    is a :class:`ProviderError` whose ``code`` names the limit; the flow raises the rest.
     """
     if isinstance(call, DirectCall):
         return call.run(timeout)
@@ -212,7 +384,7 @@ async def arun_call(
     timeout: float | None = None,
     max_bytes: int = MAX_BODY_BYTES,
 ) -> T:
-    """Drive a provider operation to completion with an async client."""
+    """Drive a provider operation to completion with an async client; as :func:`run_call`."""
     if isinstance(call, DirectCall):
         return await call.arun(timeout)
     try:
