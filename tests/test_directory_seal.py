@@ -4,6 +4,7 @@ their purpose."""
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import stat
@@ -215,3 +216,22 @@ def test_corrupted_directory_entry_raises_store_error_naming_the_user(tmp_path: 
         with pytest.raises(StoreError) as caught:
             directory.get(USER)
     assert USER in str(caught.value)
+
+
+def test_a_key_directory_and_key_others_can_reach_are_fixed_and_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """keys/ at 0777 and seal.key at 0644 are set to 0700 and 0600 when the key is
+    opened, with a warning that names the file and never the key."""
+    Sealer(tmp_path / "keys" / "seal.key")
+    (tmp_path / "keys").chmod(0o777)
+    (tmp_path / "keys" / "seal.key").chmod(0o644)
+    key = (tmp_path / "keys" / "seal.key").read_bytes()
+    with caplog.at_level(logging.WARNING, logger="superapp_sdk.tokens"):
+        Sealer(tmp_path / "keys" / "seal.key")
+    assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "keys" / "seal.key").stat().st_mode) == 0o600
+    text = caplog.text
+    assert "seal.key was mode 644" in text
+    assert "keys was mode 777" in text
+    assert key.hex() not in text

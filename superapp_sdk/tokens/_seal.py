@@ -9,7 +9,9 @@ copied to another record does not decrypt there.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -21,6 +23,27 @@ __all__ = ["Sealer"]
 
 _VERSION = b"\x01"
 _NONCE = 12
+
+
+logger = logging.getLogger("superapp_sdk.tokens")
+
+
+def _make_private(path: Path, mode: int) -> None:
+    """Give ``path`` exactly ``mode`` when others could reach it, and say so: a key that
+    was readable by others may have been read, which an operator must know (the key
+    itself is never logged). Same rule as the state directory's files."""
+    current = stat.S_IMODE(path.stat().st_mode)
+    if current == mode:
+        return
+    os.chmod(path, mode)
+    if current & 0o077:
+        logger.warning(
+            "%s was mode %o, readable or writable by other users; fixed to %o. If others"
+            " could read it, rotate the sealing key.",
+            path,
+            current,
+            mode,
+        )
 
 
 class Sealer:
@@ -36,7 +59,10 @@ class Sealer:
         path = self.path
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if not path.exists():
+            _make_private(path.parent, 0o700)
+            if path.exists():
+                _make_private(path, 0o600)
+            else:
                 # Written to a private temporary file, then linked into place: a process
                 # starting at the same moment sees either no key or the whole key, and
                 # os.link refuses to replace a key another process put there first.
