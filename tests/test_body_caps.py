@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from superapp_sdk._errors import ProviderError
+from superapp_sdk.core.breaker import BreakerOptions
 from superapp_sdk.providers._http import (
     MAX_BODY_BYTES,
     MAX_COMPRESSION_RATIO,
@@ -23,7 +24,14 @@ from superapp_sdk.providers._http import (
     read_json,
     run_call,
 )
-from superapp_sdk.testing import UvicornServer
+from superapp_sdk.resilience import (
+    AsyncResilientTransport,
+    CircuitBreaker,
+    Pipeline,
+    ResilientTransport,
+    Retry,
+)
+from superapp_sdk.testing import FakeClock, UvicornServer
 from superapp_sdk.testing._servers import Receive, Scope, Send
 
 pytestmark = pytest.mark.network
@@ -256,3 +264,69 @@ def test_decoder_stops_a_bomb_fed_in_one_chunk_within_a_step() -> None:
         decoder.feed(GZIP_BOMB)
     assert caught.value.code == "decoded_too_large"
     assert decoder.decoded_bytes <= CAP + (64 << 10)
+
+
+# -- the resilient transport -----------------------------------------------------------
+
+
+def _pipeline() -> Pipeline:
+    return Pipeline(CircuitBreaker(BreakerOptions()), Retry(3), name="kakao", timer=FakeClock())
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [("/big", "body_too_large"), ("/gzip-bomb", "compression_ratio")],
+)
+def test_transport_refuses_a_body_over_its_limits(
+    server: UvicornServer, path: str, code: str
+) -> None:
+    """A plain httpx client behind ResilientTransport gets the typed refusal, not a bomb."""
+    with (
+        httpx.Client(transport=ResilientTransport(pipeline=_pipeline())) as client,
+        pytest.raises(ProviderError) as caught,
+    ):
+        client.get(server.url + path)
+    assert caught.value.code == code
+    assert caught.value.provider == "kakao"
+
+
+async def test_async_transport_refuses_a_bomb(server: UvicornServer) -> None:
+    """The async transport refuses the bomb too."""
+    transport = AsyncResilientTransport(pipeline=_pipeline())
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(ProviderError) as caught:
+            await client.get(server.url + "/gzip-bomb")
+    assert caught.value.code == "compression_ratio"
+
+
+def test_transport_hands_a_gzip_answer_to_the_flow_decoded_once(server: UvicornServer) -> None:
+    """Behind the transport, a flow's gzip answer is decoded once, by the driver."""
+    with httpx.Client(transport=ResilientTransport(pipeline=_pipeline())) as client:
+        data = run_call(
+            client, _fetch(server.url + "/json-gzip"), provider="test", operation="test.fetch"
+        )
+    assert data == PAYLOAD
+
+
+def test_transport_does_not_resend_a_post_whose_answer_was_refused(
+    server: UvicornServer, app: App
+) -> None:
+    """A POST without an idempotency key answered with a bomb has executed: sent once."""
+    before = app.hits["/gzip-bomb"]
+    with (
+        httpx.Client(transport=ResilientTransport(pipeline=_pipeline())) as client,
+        pytest.raises(ProviderError),
+    ):
+        client.post(server.url + "/gzip-bomb")
+    assert app.hits["/gzip-bomb"] == before + 1
+
+
+def test_transport_retries_a_get_whose_answer_was_refused(server: UvicornServer, app: App) -> None:
+    """A GET answered with a bomb may be tried again, as another answer may be usable."""
+    before = app.hits["/gzip-bomb"]
+    with (
+        httpx.Client(transport=ResilientTransport(pipeline=_pipeline())) as client,
+        pytest.raises(ProviderError),
+    ):
+        client.get(server.url + "/gzip-bomb")
+    assert app.hits["/gzip-bomb"] == before + 3

@@ -15,6 +15,15 @@ whole; the transport is meant for API calls, not for streaming large downloads. 
 response handed back carries the body as it came off the wire, unread: the client decodes
 it, closes it and sets ``elapsed`` exactly as it does for a response from the network.
 
+While it reads, the transport holds the body to ``max_body_bytes`` off the wire and runs
+it through the SDK's bounded decoder (:class:`~superapp_sdk.providers._http.BodyDecoder`),
+keeping none of the decoded output: an answer over the cap, over the cap once decoded, or
+inflating past the compression ratio limit raises :class:`ProviderError` with a ``code``
+naming the limit (``"body_too_large"``, ``"decoded_too_large"``, ``"compression_ratio"``,
+``"bad_encoding"``), so even a plain httpx client behind the transport never inflates a
+bomb. Decoding the body it hands back is still the client's: an SDK flow decodes it with
+the same bounds, a plain httpx client with its own decoders.
+
 Non-idempotent requests (POST, PATCH) are retried only when they carry an
 ``Idempotency-Key`` header, or when the error proves the request never left (a refused
 connection), as stripe-python does.
@@ -27,8 +36,8 @@ from collections.abc import Collection
 
 import httpx
 
-from superapp_sdk._errors import NoAnswer
-from superapp_sdk.providers._http import parse_retry_after
+from superapp_sdk._errors import NoAnswer, ProviderError
+from superapp_sdk.providers._http import MAX_BODY_BYTES, BodyDecoder, parse_retry_after
 from superapp_sdk.resilience._base import NO_RETRY_ATTR, CallContext
 from superapp_sdk.resilience._pipeline import Pipeline
 
@@ -68,6 +77,24 @@ def _with_timeout(request: httpx.Request, ctx: CallContext) -> None:
     }
 
 
+def _body_decoder(
+    request: httpx.Request, response: httpx.Response, pipeline: Pipeline, max_bytes: int
+) -> BodyDecoder:
+    return BodyDecoder(
+        response.headers.get("content-encoding"),
+        max_bytes=max_bytes,
+        provider=pipeline.name,
+        operation=f"{request.method} {request.url.path}",
+        http_status=response.status_code,
+    )
+
+
+def _mark_answered(exc: ProviderError, retryable: bool) -> None:
+    # The request was answered, so a non-idempotent one has executed: not sent again.
+    if not retryable:
+        setattr(exc, NO_RETRY_ATTR, True)
+
+
 def _retryable(request: httpx.Request) -> bool:
     return request.method in IDEMPOTENT_METHODS or "idempotency-key" in request.headers
 
@@ -87,6 +114,7 @@ class ResilientTransport(httpx.BaseTransport):
         transport: the transport that does the I/O (default ``httpx.HTTPTransport()``).
         pipeline: the resilience pipeline (default ``Pipeline.for_read``).
         failure_statuses: statuses that count as failures.
+        max_body_bytes: the cap on an answer's body, off the wire and once decoded.
     """
 
     def __init__(
@@ -95,10 +123,12 @@ class ResilientTransport(httpx.BaseTransport):
         *,
         pipeline: Pipeline | None = None,
         failure_statuses: Collection[int] = FAILURE_STATUSES,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self.transport = transport or httpx.HTTPTransport()
         self.pipeline = pipeline or Pipeline.for_read("http")
         self.failure_statuses = frozenset(failure_statuses)
+        self.max_body_bytes = max_body_bytes
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` through the pipeline."""
@@ -107,6 +137,7 @@ class ResilientTransport(httpx.BaseTransport):
             request.read()  # a retry must be able to send the body again
         inner = self.transport
         statuses = self.failure_statuses
+        pipeline, max_bytes = self.pipeline, self.max_body_bytes
 
         def attempt(ctx: CallContext) -> httpx.Response:
             _with_timeout(request, ctx)
@@ -117,11 +148,20 @@ class ResilientTransport(httpx.BaseTransport):
                 stream = response.stream
                 assert isinstance(stream, httpx.SyncByteStream)
                 try:
-                    body = b"".join(stream)
+                    decoder = _body_decoder(request, response, pipeline, max_bytes)
+                    chunks: list[bytes] = []
+                    for chunk in stream:
+                        decoder.feed(chunk)
+                        chunks.append(chunk)
+                    decoder.finish()
                 finally:
                     stream.close()
             except httpx.TransportError as exc:
                 raise _mark(exc, retryable) from None
+            except ProviderError as exc:
+                _mark_answered(exc, retryable)
+                raise
+            body = b"".join(chunks)
             response.stream = httpx.ByteStream(body)
             if response.status_code in statuses:
                 raise FailedResponse(response, retryable=retryable)
@@ -146,10 +186,12 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         *,
         pipeline: Pipeline | None = None,
         failure_statuses: Collection[int] = FAILURE_STATUSES,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self.transport = transport or httpx.AsyncHTTPTransport()
         self.pipeline = pipeline or Pipeline.for_read("http")
         self.failure_statuses = frozenset(failure_statuses)
+        self.max_body_bytes = max_body_bytes
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` through the pipeline."""
@@ -158,6 +200,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
             await request.aread()
         inner = self.transport
         statuses = self.failure_statuses
+        pipeline, max_bytes = self.pipeline, self.max_body_bytes
 
         async def attempt(ctx: CallContext) -> httpx.Response:
             _with_timeout(request, ctx)
@@ -166,18 +209,26 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
                 stream = response.stream
                 assert isinstance(stream, httpx.AsyncByteStream)
                 try:
-                    body = b"".join([chunk async for chunk in stream])
+                    decoder = _body_decoder(request, response, pipeline, max_bytes)
+                    chunks: list[bytes] = []
+                    async for chunk in stream:
+                        decoder.feed(chunk)
+                        chunks.append(chunk)
+                    decoder.finish()
                 finally:
                     await stream.aclose()
             except httpx.TransportError as exc:
                 raise _mark(exc, retryable) from None
+            except ProviderError as exc:
+                _mark_answered(exc, retryable)
+                raise
             except asyncio.CancelledError as exc:
                 # Cut by the per-try timeout after the request may have left: the timeout
                 # keeps this mark, so a non-idempotent request is not sent again.
                 if not retryable:
                     setattr(exc, NO_RETRY_ATTR, True)
                 raise
-            response.stream = httpx.ByteStream(body)
+            response.stream = httpx.ByteStream(b"".join(chunks))
             if response.status_code in statuses:
                 raise FailedResponse(response, retryable=retryable)
             return response
