@@ -436,3 +436,20 @@ def test_a_truncated_outbox_is_refused_not_opened_empty(tmp_path: Path) -> None:
     assert str(path) in str(info.value)
     assert path.exists()
     assert path.stat().st_size == 0
+
+
+@pytest.mark.parametrize(("durable", "level"), [(True, 2), (False, 1)])
+def test_a_durable_outbox_syncs_every_commit(tmp_path: Path, durable: bool, level: int) -> None:
+    """The connection that commits an enqueue runs with synchronous=FULL (2) when the
+    store is durable: sqlite then fsyncs the WAL before the commit returns, so a queued
+    write survives a power loss, not only kill -9. NORMAL (1) only when asked."""
+    from superapp_sdk.offline import Outbox
+
+    ob = Outbox(tmp_path / "state", durable=durable)
+    try:
+        ob.enqueue(entity="e", operation="chat.send", payload={}, idempotency_key="k1")
+        with ob._db.transaction("checking durability") as con:
+            assert con.execute("PRAGMA synchronous").fetchone()[0] == level
+            assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        ob.close()
