@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from superapp_sdk import _codec
 from superapp_sdk._directory import Directory
 from superapp_sdk._errors import (
+    ConfigError,
     Declined,
     IdempotencyConflict,
     InvalidRequest,
@@ -1397,8 +1398,11 @@ def identity_complete(
     )
     tokens: TokenSet = routed.value
     if tokens.id_token is None:
-        raise Unauthorized(
-            f"{provider} returned no id_token; enable OpenID Connect", provider=provider
+        raise ConfigError(
+            f"{provider} returned no id_token: enable OpenID Connect for the app at the"
+            " provider (Kakao Developers: Kakao Login > OpenID Connect) and request the"
+            " 'openid' scope",
+            key=f"identity.{provider}.scopes",
         )
     claims, _ = yield from _verify(st, p, tokens.id_token, nonce)
     user_id = st.directory.user_for(provider, claims.subject)

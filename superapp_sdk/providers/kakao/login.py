@@ -180,9 +180,7 @@ class KakaoLogin:
             return InvalidRequest(message, **common)
         return status_error(response, provider=self.name, operation=operation, code=code)
 
-    def _token_set(
-        self, response: httpx.Response, operation: str, *, need_id_token: bool
-    ) -> TokenSet:
+    def _token_set(self, response: httpx.Response, operation: str) -> TokenSet:
         if not 200 <= response.status_code < 300:
             raise self._token_error(response, operation)
         data = read_json(response, provider=self.name, operation=operation)
@@ -199,7 +197,10 @@ class KakaoLogin:
         expires_in = get("expires_in", int)
         refresh_token = get("refresh_token", str, optional=True)
         refresh_expires_in = get("refresh_token_expires_in", int, optional=True)
-        id_token = get("id_token", str, optional=not need_id_token)
+        # Absent unless OpenID Connect is enabled and "openid" granted: a configuration
+        # matter the caller reports (ConfigError), not a malformed answer; the code is
+        # spent either way.
+        id_token = get("id_token", str, optional=True)
         scope = get("scope", str, optional=True)
         if not access_token or expires_in < 0 or (refresh_expires_in or 0) < 0:
             raise self._malformed("empty access_token or negative lifetime", operation)
@@ -240,7 +241,7 @@ class KakaoLogin:
             "code": code,
         }
         response = yield self._token_request(form)
-        return self._token_set(response, "identity.exchange_code", need_id_token=nonce is not None)
+        return self._token_set(response, "identity.exchange_code")
 
     def refresh(self, *, refresh_token: str) -> Flow[TokenSet]:
         """A new access token (``POST /oauth/token``, ``grant_type=refresh_token``).
@@ -254,7 +255,7 @@ class KakaoLogin:
             "refresh_token": refresh_token,
         }
         response = yield self._token_request(form)
-        return self._token_set(response, "identity.refresh", need_id_token=False)
+        return self._token_set(response, "identity.refresh")
 
     def userinfo(self, *, access_token: str) -> Flow[UserInfo]:
         """The user's OpenID Connect profile (``GET kapi /v1/oidc/userinfo``)."""
