@@ -123,3 +123,53 @@ def test_broken_promise_makes_the_drill_exit_one(
     assert "[FAILED] no message lost" in out
     assert "[ok] no payment made twice" in out
     assert json.loads((tmp_path / "r.json").read_text())["checks"]["no message lost"] is False
+
+
+def _broken_drill(tmp_path: Path, breakage: str) -> dict[str, Any]:
+    """A quick drill whose run breaks one promise for real just before the verdict."""
+    drill = _drill.Drill(tmp_path / "state", rounds=2, say=lambda *a, **k: None)
+    original = drill.verdict
+
+    def verdict(phases: list[Any], drained: bool) -> dict[str, Any]:
+        if breakage == "logged out":
+            drill.app.identity.logout(drill.session_id)
+        elif breakage == "stuck":
+            drill.rentals.append("scooter-never-ended")
+            drill.dc.mobility.start_rental("scooter-never-ended")
+        elif breakage == "not back":
+            drill.server.burn(_drill.Burn.REFUSE, ["chat"])
+        elif breakage == "dead letter":
+            # A message to a user no provider knows: dead-lettered at its first replay.
+            drill.app._parts.state.outbox.enqueue(
+                entity="chat:x",
+                operation="chat.send",
+                payload={"to": "nobody", "text": "x", "conversation": None},
+                idempotency_key="bad",
+            )
+            drill.app.drain(5.0)
+        return original(phases, drained)
+
+    drill.verdict = verdict  # type: ignore[method-assign]
+    try:
+        return drill.run()
+    finally:
+        drill.close()
+
+
+@pytest.mark.network
+@pytest.mark.parametrize(
+    ("breakage", "check"),
+    [
+        ("logged out", "no user logged out"),
+        ("stuck", "no rider stuck in a rental"),
+        ("not back", "back on Kakao"),
+        ("dead letter", "outbox drained"),
+    ],
+)
+def test_each_promise_fails_when_broken(tmp_path: Path, breakage: str, check: str) -> None:
+    """Each check reads what providers and the app did: breaking the promise for real
+    (a logged-out session, a rental never ended, KakaoTalk still down, a dead letter)
+    fails that check and only that one."""
+    report = _broken_drill(tmp_path, breakage)
+    failed = [name for name, ok in report["checks"].items() if not ok]
+    assert failed == [check]
