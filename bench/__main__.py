@@ -12,13 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import bench_blackhole, bench_overhead
+from bench import bench_blackhole, bench_gzip_bomb, bench_overhead
 
 SECTIONS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "http_overhead": bench_overhead.http_overhead,
     "inprocess_cost": bench_overhead.inprocess_cost,
     "concurrency": bench_overhead.concurrency,
     "blackhole": bench_blackhole.blackhole,
+    "gzip_bomb": bench_gzip_bomb.run,
 }
 
 
