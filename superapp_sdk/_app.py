@@ -30,7 +30,7 @@ from superapp_sdk.capabilities.chat import Message, MessageReceipt
 from superapp_sdk.capabilities.identity import Claims, LoginRedirect, Session
 from superapp_sdk.capabilities.mobility import DeepLink, Estimate, Place, RentalReceipt, Ride
 from superapp_sdk.capabilities.payment import Approval, Checkout, Payment
-from superapp_sdk.core.breaker import BreakerOptions, BreakerState, StateChange
+from superapp_sdk.core.breaker import _FREE_STATES, BreakerOptions, BreakerState, StateChange
 from superapp_sdk.core.budget import BudgetOptions, RetryBudget
 from superapp_sdk.core.domains import (
     DomainChange,
@@ -69,6 +69,7 @@ __all__ = [
     "AsyncSuperApp",
     "CapabilityHealth",
     "DeadLettered",
+    "DomainHealth",
     "Health",
     "ProviderHealth",
     "ServiceLevel",
@@ -115,22 +116,61 @@ class Timeouts:
 
 
 class ServiceLevel(enum.Enum):
-    """How well a capability is served right now."""
+    """How well a capability is served right now, judged as the router would route a call
+    now: a provider counts when its failure domain lets user calls in (closed, not
+    suspect) and its breaker is closed (or disabled, or metrics only)."""
 
-    FULL = "full"  #: the primary provider is available
-    DEGRADED = "degraded"  #: only alternates are available
-    OFFLINE = "offline"  #: no provider is available: cache, outbox and local fallbacks only
+    FULL = "full"  #: the primary provider would be tried first
+    DEGRADED = "degraded"  #: the primary would be skipped; only alternates would be tried
+    OFFLINE = "offline"  #: every provider would be skipped: cache, outbox and local fallbacks
 
 
 @dataclass(frozen=True, slots=True)
 class ProviderHealth:
-    """One provider's state."""
+    """One provider's state.
+
+    Attributes:
+        breaker: its breaker's state.
+        available: the router would try it now (the reverse of ``skip_reason``).
+        failure_rate: failed calls over calls in the breaker's window (0.0 when empty).
+        calls: calls in the breaker's window.
+        skip_reason: why the router would skip it now, as its attempts would say:
+            ``"DomainOpen"`` (its failure domain is open, half-open or suspect) or
+            ``"CircuitOpen"`` (its breaker is not closed); ``None`` when it would be tried.
+    """
 
     name: str
     capability: str
     failure_domain: str
     breaker: BreakerState
     available: bool
+    failure_rate: float = 0.0
+    calls: int = 0
+    skip_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DomainHealth:
+    """One failure domain's state as routing sees it.
+
+    Attributes:
+        state: closed, open or half-open.
+        suspect: closed but suspect after a timeout: user calls skip it while one probe
+            finds out whether it is dark (see ``DomainOptions.suspect_seconds``).
+        allows: user calls may go to its providers now (closed and not suspect).
+        retry_after: seconds until an open domain turns half-open, else ``None``.
+    """
+
+    name: str
+    state: DomainState
+    suspect: bool
+    allows: bool
+    retry_after: float | None = None
+
+    @property
+    def label(self) -> str:
+        """``"suspect"`` for a suspect domain, else its state's value (``"closed"``...)."""
+        return "suspect" if self.suspect else self.state.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,15 +187,19 @@ class Health:
 
     Attributes:
         capabilities: per capability name, its service level and providers.
-        domains: per failure domain, its state.
+        domains: per failure domain, its state (a suspect domain is still CLOSED here;
+            ``domain_health`` says it is suspect).
         outbox_depth: writes waiting for delivery.
         dead_letters: writes that exhausted their limits (see ``superapp outbox``).
+        domain_health: per failure domain, its state, whether it is suspect and whether
+            user calls may go to it now.
     """
 
     capabilities: Mapping[str, CapabilityHealth]
     domains: Mapping[str, DomainState]
     outbox_depth: int
     dead_letters: int
+    domain_health: Mapping[str, DomainHealth] = field(default_factory=dict)
 
     @property
     def level(self) -> ServiceLevel:
@@ -388,24 +432,59 @@ class _Base:
     # -- health and directory ------------------------------------------------------------
 
     def health(self) -> Health:
-        """Per capability FULL / DEGRADED / OFFLINE, per provider breaker state, per failure
-        domain state, outbox depth and dead letters."""
+        """Per capability FULL / DEGRADED / OFFLINE, per provider breaker state, recent
+        failure rate and whether the router would skip it now, per failure domain its
+        state (suspect included), outbox depth and dead letters."""
+        capabilities, domains = self._routing_health()
+        outbox = self._parts.state.outbox
+        return Health(
+            capabilities,
+            {name: d.state for name, d in domains.items()},
+            outbox.depth(),
+            outbox.dead_count(),
+            domains,
+        )
+
+    def _routing_health(self) -> tuple[dict[str, CapabilityHealth], dict[str, DomainHealth]]:
+        """The in-memory part of :meth:`health` (no disk): what the router would do now.
+
+        The skip rules are the router's (``Router._plan``): a domain that does not allow
+        user calls, or a breaker outside its free states, is skipped.
+        """
         parts = self._parts
-        domains: dict[str, DomainState] = {}
+        domains: dict[str, DomainHealth] = {}
         capabilities: dict[str, CapabilityHealth] = {}
+        detector = parts.detector
         for capability, router in parts.routers.items():
             providers = []
             for route in router.routes:
-                domain_state = parts.detector.state(route.domain)
-                domains[route.domain] = domain_state
-                br = parts.breakers[route.name]
-                available = domain_state is DomainState.CLOSED and br.state in (
-                    BreakerState.CLOSED,
-                    BreakerState.DISABLED,
-                    BreakerState.METRICS_ONLY,
-                )
+                domain = domains.get(route.domain)
+                if domain is None:
+                    state = detector.state(route.domain)
+                    domain = domains[route.domain] = DomainHealth(
+                        route.domain,
+                        state,
+                        detector.is_suspect(route.domain),
+                        detector.allows(route.domain),
+                        detector.retry_after(route.domain),
+                    )
+                metrics = parts.breakers[route.name].metrics()
+                skip: str | None = None
+                if not domain.allows:
+                    skip = "DomainOpen"
+                elif metrics.state not in _FREE_STATES:
+                    skip = "CircuitOpen"
                 providers.append(
-                    ProviderHealth(route.name, capability.value, route.domain, br.state, available)
+                    ProviderHealth(
+                        route.name,
+                        capability.value,
+                        route.domain,
+                        metrics.state,
+                        skip is None,
+                        metrics.failure_rate,
+                        metrics.calls,
+                        skip,
+                    )
                 )
             if providers and providers[0].available:
                 level = ServiceLevel.FULL
@@ -414,8 +493,7 @@ class _Base:
             else:
                 level = ServiceLevel.OFFLINE
             capabilities[capability.value] = CapabilityHealth(level, tuple(providers))
-        outbox = parts.state.outbox
-        return Health(capabilities, domains, outbox.depth(), outbox.dead_count())
+        return capabilities, domains
 
     @property
     def outbox(self) -> Outbox:
