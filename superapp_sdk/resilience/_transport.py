@@ -89,6 +89,20 @@ def _body_decoder(
     )
 
 
+def _refuse_identity(
+    request: httpx.Request,
+    response: httpx.Response,
+    pipeline: Pipeline,
+    max_bytes: int,
+    chunks: list[bytes],
+) -> None:
+    """Raise the decoder's wire-cap error for an unencoded body past ``max_bytes``."""
+    decoder = _body_decoder(request, response, pipeline, max_bytes)
+    for chunk in chunks:
+        decoder.feed(chunk)
+    raise AssertionError("the decoder accepted a body over its cap")  # pragma: no cover
+
+
 def _mark_answered(exc: ProviderError, retryable: bool) -> None:
     # The request was answered, so a non-idempotent one has executed: not sent again.
     if not retryable:
@@ -148,12 +162,22 @@ class ResilientTransport(httpx.BaseTransport):
                 stream = response.stream
                 assert isinstance(stream, httpx.SyncByteStream)
                 try:
-                    decoder = _body_decoder(request, response, pipeline, max_bytes)
                     chunks: list[bytes] = []
-                    for chunk in stream:
-                        decoder.feed(chunk)
-                        chunks.append(chunk)
-                    decoder.finish()
+                    if "content-encoding" in response.headers:
+                        decoder = _body_decoder(request, response, pipeline, max_bytes)
+                        for chunk in stream:
+                            decoder.feed(chunk)
+                            chunks.append(chunk)
+                        decoder.finish()
+                    else:
+                        # Identity (the common case): the wire cap is the whole check, and
+                        # no decoder is built unless it is broken.
+                        size = 0
+                        for chunk in stream:
+                            size += len(chunk)
+                            chunks.append(chunk)
+                            if size > max_bytes:
+                                _refuse_identity(request, response, pipeline, max_bytes, chunks)
                 finally:
                     stream.close()
             except httpx.TransportError as exc:
@@ -209,12 +233,20 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
                 stream = response.stream
                 assert isinstance(stream, httpx.AsyncByteStream)
                 try:
-                    decoder = _body_decoder(request, response, pipeline, max_bytes)
                     chunks: list[bytes] = []
-                    async for chunk in stream:
-                        decoder.feed(chunk)
-                        chunks.append(chunk)
-                    decoder.finish()
+                    if "content-encoding" in response.headers:
+                        decoder = _body_decoder(request, response, pipeline, max_bytes)
+                        async for chunk in stream:
+                            decoder.feed(chunk)
+                            chunks.append(chunk)
+                        decoder.finish()
+                    else:
+                        size = 0
+                        async for chunk in stream:
+                            size += len(chunk)
+                            chunks.append(chunk)
+                            if size > max_bytes:
+                                _refuse_identity(request, response, pipeline, max_bytes, chunks)
                 finally:
                     await stream.aclose()
             except httpx.TransportError as exc:
