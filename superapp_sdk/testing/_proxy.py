@@ -294,6 +294,11 @@ class FaultProxy:
             while True:
                 data = await reader.read(65536)
                 if not data:
+                    if self._mode is Burn.HANG and not self._closing:
+                        # The server closed its side (uvicorn drops idle keep-alive
+                        # connections after 5 s) while the data center is dark: a dark
+                        # host sends no FIN, so the client keeps waiting.
+                        await self._dark()
                     break
                 if link.lost:
                     continue
