@@ -341,8 +341,9 @@ class _AnswerReplaced(httpx.BaseTransport):
 # -- case 5: cancels ------------------------------------------------------------------
 
 
-def _paid(rig: Rig, order_id: str, amount: int) -> None:
-    checkout = rig.app.payment.start(
+def _approval(app: SuperApp, dc: KakaoDataCenter, order_id: str, amount: int) -> Approval:
+    """Start a KakaoPay checkout for ``order_id`` and approve it as the user would."""
+    checkout = app.payment.start(
         order_id=order_id,
         amount=amount,
         item_name="Ride",
@@ -350,8 +351,13 @@ def _paid(rig: Rig, order_id: str, amount: int) -> None:
         return_url="https://app.example/pay/done",
     )
     tid = checkout.value.provider_ref
-    approval = Approval(provider_ref=tid, token=rig.dc.payment.authorize(tid), user_id=USER)
-    rig.app.payment.confirm(order_id=order_id, approval=approval)
+    return Approval(provider_ref=tid, token=dc.payment.authorize(tid), user_id=USER)
+
+
+def _paid(rig: Rig, order_id: str, amount: int) -> None:
+    rig.app.payment.confirm(
+        order_id=order_id, approval=_approval(rig.app, rig.dc, order_id, amount)
+    )
 
 
 def _refunded(rig: Rig, order_id: str) -> int:
@@ -453,15 +459,7 @@ def test_replayed_approval_already_executed_is_settled_not_dead_lettered(
     confirm was queued; its replay gets "already approved" (-702) and the order is
     recorded paid, once, not dead-lettered."""
     rig = make_rig(Both(Once(APPROVE, Reset(delivered=True)), Once(ORDER, _refused())))
-    checkout = rig.app.payment.start(
-        order_id="o-6",
-        amount=5_000,
-        item_name="Ride",
-        user_id=USER,
-        return_url="https://app.example/pay/done",
-    )
-    tid = checkout.value.provider_ref
-    approval = Approval(provider_ref=tid, token=rig.dc.payment.authorize(tid), user_id=USER)
+    approval = _approval(rig.app, rig.dc, "o-6", 5_000)
     dead: list[object] = []
     rig.app.on(DeadLettered, dead.append)
     with rig.app:
@@ -654,15 +652,7 @@ def test_after_the_fault_clears_the_queued_confirm_drains_and_status_answers(
         changes: list[StateChange] = []
         app.on(StateChange, changes.append)
         with app:
-            checkout = app.payment.start(
-                order_id="o-6r",
-                amount=5_000,
-                item_name="Ride",
-                user_id=USER,
-                return_url="https://app.example/pay/done",
-            )
-            tid = checkout.value.provider_ref
-            approval = Approval(provider_ref=tid, token=dc.payment.authorize(tid), user_id=USER)
+            approval = _approval(app, dc, "o-6r", 5_000)
             server.burn(Burn.HANG, ["payment"])
             queued = app.payment.confirm(order_id="o-6r", approval=approval)
             assert queued.via is Via.QUEUED
@@ -747,15 +737,7 @@ def test_the_first_answer_after_recovery_does_not_open_the_breaker(tmp_path: Pat
             domains=DomainOptions(suspect_seconds=0.0, failures_per_capability=50),
         )
         try:
-            checkout = app.payment.start(
-                order_id="o-6b",
-                amount=5_000,
-                item_name="Ride",
-                user_id=USER,
-                return_url="https://app.example/pay/done",
-            )
-            tid = checkout.value.provider_ref
-            approval = Approval(provider_ref=tid, token=dc.payment.authorize(tid), user_id=USER)
+            approval = _approval(app, dc, "o-6b", 5_000)
             server.burn(Burn.HANG, ["payment"])
             assert app.payment.confirm(order_id="o-6b", approval=approval).via is Via.QUEUED
             for _ in range(2):

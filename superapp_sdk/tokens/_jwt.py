@@ -113,13 +113,7 @@ def token_header(token: str, *, provider: str | None = None) -> dict[str, Any]:
     Raises:
         Unauthorized: the token is not a compact JWS.
     """
-    parts = _split(token, provider)
-    try:
-        return _b64json(parts[0])
-    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
-        raise _fail(
-            "malformed", "id_token malformed: header is not base64url JSON", provider
-        ) from exc
+    return _segment(token, 0, "header", provider)
 
 
 def token_claims(token: str, *, provider: str | None = None) -> dict[str, Any]:
@@ -129,12 +123,17 @@ def token_claims(token: str, *, provider: str | None = None) -> dict[str, Any]:
     Raises:
         Unauthorized: the token is not a compact JWS with a JSON object payload.
     """
+    return _segment(token, 1, "payload", provider)
+
+
+def _segment(token: str, index: int, name: str, provider: str | None) -> dict[str, Any]:
+    """Segment ``index`` of a compact JWS as a JSON object (unverified)."""
     parts = _split(token, provider)
     try:
-        return _b64json(parts[1])
+        return _b64json(parts[index])
     except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
         raise _fail(
-            "malformed", "id_token malformed: payload is not base64url JSON", provider
+            "malformed", f"id_token malformed: {name} is not base64url JSON", provider
         ) from exc
 
 
