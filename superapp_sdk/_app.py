@@ -23,6 +23,7 @@ import httpx
 from superapp_sdk import _ops
 from superapp_sdk._directory import Contact, Directory
 from superapp_sdk._errors import ConfigError, InvalidRequest, Unavailable
+from superapp_sdk._health import HEALTH_DIR, AsyncHealthPublisher, HealthPublisher
 from superapp_sdk._ops import ChatPolicy, IdentityPolicy, Invoke, OfflinePolicy, Op, State
 from superapp_sdk._outcome import Outcome
 from superapp_sdk.capabilities._common import Capability, Provider
@@ -318,6 +319,7 @@ class _Base:
         breakers: dict[str, CircuitBreaker] = {}
         routers: dict[Capability, Router[Any]] = {}
         self._parts = _Parts(state, routers, breakers, detector, disk, cache_disk)
+        self._publisher = HealthPublisher(path / HEALTH_DIR, self.health, self.timer)
         for capability, group in providers.items():
             if not group:
                 continue
@@ -435,7 +437,13 @@ class _Base:
         """Per capability FULL / DEGRADED / OFFLINE, per provider breaker state, recent
         failure rate and whether the router would skip it now, per failure domain its
         state (suspect included), outbox depth and dead letters."""
-        capabilities, domains = self._routing_health()
+        return self._health_from(self._routing_health())
+
+    def _health_from(
+        self, routing: tuple[dict[str, CapabilityHealth], dict[str, DomainHealth]]
+    ) -> Health:
+        """:meth:`health` from a routing snapshot, with the outbox counts (read on disk)."""
+        capabilities, domains = routing
         outbox = self._parts.state.outbox
         return Health(
             capabilities,
@@ -654,8 +662,10 @@ class SuperApp(_Base):
         self._worker.wake(recovered=True)
 
     def start(self) -> None:
-        """Start the outbox replay worker (``with app:`` does this)."""
+        """Start the outbox replay worker and the health publication that ``superapp
+        status`` reads (``with app:`` does this)."""
         self._worker.start()
+        self._publisher.start()
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until the outbox is empty; False when ``timeout`` passed first."""
@@ -664,8 +674,10 @@ class SuperApp(_Base):
         return self._worker.drain(timeout)
 
     def close(self) -> None:
-        """Stop the worker, close the HTTP client (if ours) and the state."""
+        """Stop the worker and the health publication, close the HTTP client (if ours)
+        and the state."""
         self._worker.stop()
+        self._publisher.stop()
         if self._own_client:
             self._client.close()
         self._close_state()
@@ -964,6 +976,9 @@ class AsyncSuperApp(_Base):
         self._own_client = http_client is None
         self._client = http_client or httpx.AsyncClient(timeout=httpx.Timeout(10.0))
         self._worker = AsyncOutboxWorker(self.outbox, self._deliver, poll_floor=1.0)
+        self._async_publisher = AsyncHealthPublisher(
+            self._publisher, self._routing_health, self._health_from
+        )
         self.chat = _AsyncChat(self)
         self.payment = _AsyncPayment(self)
         self.identity = _AsyncIdentity(self)
@@ -1038,8 +1053,10 @@ class AsyncSuperApp(_Base):
         self._worker.wake(recovered=True)
 
     async def start(self) -> None:
-        """Start the outbox replay task (``async with app:`` does this)."""
+        """Start the outbox replay task and the health publication that ``superapp
+        status`` reads (``async with app:`` does this)."""
         self._worker.start()
+        self._async_publisher.start()
 
     async def drain(self, timeout: float | None = None) -> bool:
         """Wait until the outbox is empty; False when ``timeout`` passed first."""
@@ -1047,8 +1064,10 @@ class AsyncSuperApp(_Base):
         return await self._worker.drain(timeout)
 
     async def aclose(self) -> None:
-        """Stop the worker, cancel background probes, close the client (if ours) and state."""
+        """Stop the worker and the health publication, cancel background probes, close
+        the client (if ours) and state."""
         await self._worker.stop()
+        await self._async_publisher.stop()
         for router in self._parts.routers.values():
             await router.aclose()
         if self._own_client:

@@ -2,7 +2,8 @@
 
 ::
 
-    superapp status [--json]                  service level, breakers, domains, outbox
+    superapp status [--json]                  service level, breakers, domains, outbox,
+                                              as published by the running app
     superapp outbox list [--dead] [--offset N | --after TICKET] [--limit N] [--json]
     superapp outbox show TICKET [--json]
     superapp outbox retry TICKET              put a dead letter back in its queue
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 from superapp_sdk._errors import InvalidRequest, SuperAppError
+from superapp_sdk._health import HEALTH_DIR, STALE_AFTER, health_report, pid_alive, read_published
 from superapp_sdk._ops import reconcile
 from superapp_sdk.capabilities.payment import Payment
 from superapp_sdk.core.clock import Clock, SystemClock
@@ -235,6 +237,93 @@ def _describe(item: OutboxItem) -> str:
 
 def _cmd_status(args: argparse.Namespace, out: TextIO, clock: Clock) -> int:
     state_dir = _existing_state_dir(args)
+    now = clock.time()
+    published = read_published(state_dir / HEALTH_DIR)
+    live = [p for p in published if now - p.written_at <= STALE_AFTER or pid_alive(p.pid)]
+    if live:
+        report: dict[str, Any] = dict(live[0].report)
+    else:
+        report = _configured_report(args, state_dir)
+    processes = [
+        {
+            "pid": p.pid,
+            "written_at": p.written_at,
+            "age_seconds": round(max(0.0, now - p.written_at), 3),
+            "stale": now - p.written_at > STALE_AFTER,
+        }
+        for p in live
+    ]
+    report.update(
+        state_dir=str(state_dir),
+        running=bool(live),
+        process=processes[0] if processes else None,
+        processes=processes,
+    )
+    if args.json:
+        _print_json(out, report)
+        return 0
+    print(f"state directory: {state_dir}", file=out)
+    if live:
+        first = processes[0]
+        print(
+            f"live state of process {first['pid']}, written {first['age_seconds']:.1f}s ago",
+            file=out,
+        )
+        if first["stale"]:
+            print(
+                f"warning: not updated for over {STALE_AFTER:g}s; the process may be stuck",
+                file=out,
+            )
+        if len(live) > 1:
+            others = ", ".join(str(p.pid) for p in live[1:])
+            print(f"also publishing here: process {others} (see --json)", file=out)
+    else:
+        last = f" (the last, process {published[0].pid}, has exited)" if published else ""
+        print(
+            f"no process is running: no app has published its state here{last}; "
+            "breakers and domains below are as configured, not live",
+            file=out,
+        )
+    capabilities: dict[str, Any] = report["capabilities"]
+    if not capabilities:
+        print("providers: none configured (pass --config FILE)", file=out)
+    else:
+        print(f"service level: {str(report['level']).upper()}", file=out)
+        rows = [
+            [
+                name,
+                str(cap["level"]).upper(),
+                p["name"],
+                p["failure_domain"],
+                p["breaker"],
+                "yes" if p["available"] else "no",
+                f"{p['failure_rate']:.0%} of {p['calls']}",
+                p["skip_reason"] or "",
+            ]
+            for name, cap in capabilities.items()
+            for p in cap["providers"]
+        ]
+        headers = [
+            "capability",
+            "level",
+            "provider",
+            "domain",
+            "breaker",
+            "available",
+            "failures",
+            "skipped as",
+        ]
+        _table(out, "providers (in priority order):", headers, rows)
+        domains = [[name, state] for name, state in report["domains"].items()]
+        _table(out, "failure domains:", ["domain", "state"], domains)
+    outbox = report["outbox"]
+    print(f"outbox: {outbox['depth']} pending, {outbox['dead_letters']} dead", file=out)
+    return 0
+
+
+def _configured_report(args: argparse.Namespace, state_dir: Path) -> dict[str, Any]:
+    """The status of the configured providers when no process runs: their breakers and
+    domains are fresh, but the outbox counts are read from the state directory."""
     from superapp_sdk._app import SuperApp
 
     if args.config is not None:
@@ -242,60 +331,9 @@ def _cmd_status(args: argparse.Namespace, out: TextIO, clock: Clock) -> int:
     else:
         app = SuperApp(state_dir=state_dir)
     try:
-        health = app.health()
+        return health_report(app.health())
     finally:
         app.close()
-    capabilities = {
-        name: {
-            "level": cap.level.value,
-            "providers": [
-                {
-                    "name": p.name,
-                    "failure_domain": p.failure_domain,
-                    "breaker": p.breaker.value,
-                    "available": p.available,
-                }
-                for p in cap.providers
-            ],
-        }
-        for name, cap in health.capabilities.items()
-    }
-    report: dict[str, object] = {
-        "state_dir": str(state_dir),
-        "level": health.level.value if health.capabilities else None,
-        "capabilities": capabilities,
-        "domains": {name: state.value for name, state in health.domains.items()},
-        "outbox": {"depth": health.outbox_depth, "dead_letters": health.dead_letters},
-    }
-    if args.json:
-        _print_json(out, report)
-        return 0
-    print(f"state directory: {state_dir}", file=out)
-    if not health.capabilities:
-        print("providers: none configured (pass --config FILE)", file=out)
-    else:
-        print(f"service level: {health.level.value.upper()}", file=out)
-        rows = [
-            [
-                name,
-                cap.level.value.upper(),
-                p.name,
-                p.failure_domain,
-                p.breaker.value,
-                "yes" if p.available else "no",
-            ]
-            for name, cap in health.capabilities.items()
-            for p in cap.providers
-        ]
-        headers = ["capability", "level", "provider", "domain", "breaker", "available"]
-        _table(out, "providers (in priority order):", headers, rows)
-        domains = [[name, state.value] for name, state in health.domains.items()]
-        _table(out, "failure domains:", ["domain", "state"], domains)
-    print(
-        f"outbox: {health.outbox_depth} pending, {health.dead_letters} dead",
-        file=out,
-    )
-    return 0
 
 
 def _cmd_outbox_list(args: argparse.Namespace, out: TextIO, clock: Clock) -> int:

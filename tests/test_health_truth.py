@@ -4,9 +4,16 @@ in another process reads what a running app publishes in its state directory."""
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import stat
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,3 +107,105 @@ def test_health_counts_failures_in_the_breaker_window(rig: Rig) -> None:
     rig.estimate()
     kakao = rig.app.health().capabilities["mobility"].providers[0]
     assert (kakao.calls, kakao.failure_rate) == (1, 1.0)
+
+
+# -- superapp status in another process --------------------------------------------------------
+
+
+def _status(state_dir: Path) -> dict[str, Any]:
+    """``superapp status --json`` run in a second process."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "superapp_sdk.cli",
+            "--state-dir",
+            str(state_dir),
+            "status",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+def _published(state_dir: Path, domain: str, label: str) -> Path:
+    """Wait (on the wall clock: publication is) until this process's file says so."""
+    path = state_dir / "health" / f"{os.getpid()}.json"
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        try:
+            if json.loads(path.read_text())["domains"].get(domain) == label:
+                return path
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never showed {domain} {label}")
+
+
+@pytest.fixture
+def live_app(tmp_path: Path) -> Iterator[SuperApp]:
+    """A started app on the system clock, Kakao chat and mobility each with an alternate."""
+    app = SuperApp(
+        mobility=[
+            EchoMobility(name="kakao.mobility", failure_domain="kakao"),
+            EchoMobility(name="transit", failure_domain="transit"),
+        ],
+        chat=[
+            EchoChat(name="kakao.talk", failure_domain="kakao"),
+            EchoChat(name="line", failure_domain="line"),
+        ],
+        state_dir=tmp_path / "state",
+        durable=False,
+    )
+    with app:
+        yield app
+
+
+def test_status_in_another_process_shows_a_domain_this_process_opened(
+    live_app: SuperApp, tmp_path: Path
+) -> None:
+    """A second process's `superapp status --json` sees kakao open and the level degraded."""
+    state_dir = tmp_path / "state"
+    live_app.domains.force_open("kakao")
+    path = _published(state_dir, "kakao", "open")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    report = _status(state_dir)
+    assert report["running"] is True
+    assert report["process"]["pid"] == os.getpid()
+    assert report["process"]["age_seconds"] < 5
+    assert report["domains"]["kakao"] == "open"
+    assert report["level"] == "degraded"
+    kakao = report["capabilities"]["mobility"]["providers"][0]
+    assert (kakao["name"], kakao["available"], kakao["skip_reason"]) == (
+        "kakao.mobility",
+        False,
+        "DomainOpen",
+    )
+
+
+def test_status_says_no_process_runs_after_the_app_closed(
+    live_app: SuperApp, tmp_path: Path
+) -> None:
+    """Once the app closed, a second process's status says nothing is running."""
+    state_dir = tmp_path / "state"
+    live_app.domains.force_open("kakao")
+    _published(state_dir, "kakao", "open")
+    live_app.close()
+    report = _status(state_dir)
+    assert report["running"] is False
+    assert report["process"] is None
+    assert report["domains"] == {}
+    text = subprocess.run(
+        [sys.executable, "-m", "superapp_sdk.cli", "--state-dir", str(state_dir), "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "no process is running" in text
